@@ -1,0 +1,18 @@
+"""ComfyUI node classes: thin wrappers that turn node inputs into `models/` calls."""
+from .model_paths import register_folders
+from .pose import DWPoseExtract
+from .pose_align import PoseAlign
+from .reference import LoadReference
+
+register_folders()
+
+NODE_CLASS_MAPPINGS = {
+    "LoadReference": LoadReference,
+    "DWPoseExtract": DWPoseExtract,
+    "PoseAlign": PoseAlign,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "LoadReference": "Load Reference (Marionette)",
+    "DWPoseExtract": "DWPose Extract (Marionette)",
+    "PoseAlign": "Pose Align to Reference (Marionette)",
+}

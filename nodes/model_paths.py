@@ -1,0 +1,70 @@
+"""Model folders Marionette registers with ComfyUI, and file look-up with actionable errors."""
+from __future__ import annotations
+
+import os
+
+import folder_paths
+
+from ..models.errors import MarionetteError
+
+PACK_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EMBEDDED_MEDIAPIPE = os.path.join(PACK_DIR, "models", "mediapipe")
+
+# name → (default folder under ComfyUI/models, extensions)
+FOLDERS = {
+    "dwpose": ("dwpose", {".onnx"}),
+    "mediapipe": ("mediapipe", {".tflite"}),
+}
+
+
+def _controlnet_aux_dwpose_dirs() -> list[str]:
+    """Where comfyui_controlnet_aux users already keep yolox_l.onnx / dw-ll_ucoco_384.onnx."""
+    roots = [os.environ.get("AUX_ANNOTATOR_CKPTS_PATH", "")]
+    for nodes_dir in folder_paths.get_folder_paths("custom_nodes"):
+        roots.append(os.path.join(nodes_dir, "comfyui_controlnet_aux", "ckpts"))
+    subdirs = ("yzd-v/DWPose", "hr16/yolox-onnx", "hr16/UnJIT-DWPose")
+    return [os.path.join(r, s) for r in roots if r for s in subdirs]
+
+
+def register_folders() -> None:
+    """Adds our folders, merging with keys a user's extra_model_paths.yaml may already have made."""
+    extra = {
+        "dwpose": [os.path.join(folder_paths.models_dir, "DWPose")] + _controlnet_aux_dwpose_dirs(),
+        "mediapipe": [EMBEDDED_MEDIAPIPE],   # searched last: a user's own copy wins
+    }
+    for name, (sub, exts) in FOLDERS.items():
+        default = os.path.join(folder_paths.models_dir, sub)
+        dirs, old_exts = folder_paths.folder_names_and_paths.get(name, ([], set()))
+        dirs = list(dirs)
+        for d in [default] + extra[name]:
+            if d not in dirs:
+                dirs.append(d)
+        folder_paths.folder_names_and_paths[name] = (dirs, set(old_exts) | exts)
+
+
+def model_choices(folder: str, official: tuple[str, ...]) -> list[str]:
+    """Files present in `folder`, with the official names always offered (checked at run time)."""
+    present = folder_paths.get_filename_list(folder)
+    return list(official) + sorted(f for f in present if f not in official)
+
+
+def require_model(folder: str, filename: str, where_to_get: str) -> str:
+    """Full path of a model file, or an error naming the file, the folder and where to get it."""
+    path = folder_paths.get_full_path(folder, filename)
+    if path and os.path.isfile(path):
+        return path
+    default = os.path.join(folder_paths.models_dir, FOLDERS[folder][0])
+    raise MarionetteError(f"Model file '{filename}' was not found in the '{folder}' model folders.",
+                          f"Download {filename} ({where_to_get}) and put it into {default} "
+                          f"(or a folder listed for '{folder}' in extra_model_paths.yaml).")
+
+
+def mediapipe_dir(filenames: tuple[str, ...]) -> str:
+    """The folder holding all of `filenames`: a user's ComfyUI/models/mediapipe, else the bundled one."""
+    for d in folder_paths.get_folder_paths("mediapipe"):
+        if all(os.path.isfile(os.path.join(d, f)) for f in filenames):
+            return d
+    missing = [f for f in filenames if not os.path.isfile(os.path.join(EMBEDDED_MEDIAPIPE, f))]
+    raise MarionetteError(f"Embedded MediaPipe models are missing: {', '.join(missing)}.",
+                          f"Reinstall Marionette (the files ship in {EMBEDDED_MEDIAPIPE}) "
+                          "or copy them from the mediapipe==0.10.14 wheel into ComfyUI/models/mediapipe.")

@@ -1,0 +1,99 @@
+"""DWPoseExtract: 2D whole-body pose for every frame of an IMAGE batch."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from ..models.errors import MarionetteError
+from ..models.pose.draw import draw_pose_mimicmotion, draw_pose_openpose
+from ..models.pose.keypoint_json import frames_to_pose_keypoint
+from ..models.pose.types import PoseFrame
+from ..models.vision.image import to_rgb_uint8
+from .host import Progress, preview_ui, to_image_tensor
+from .model_paths import mediapipe_dir, model_choices, require_model
+
+BACKENDS = ("embedded (BlazePose)", "DWPose (ONNX)")
+DRAW_STYLES = ("MimicMotion", "OpenPose")
+YOLOX, DWPOSE = "yolox_l.onnx", "dw-ll_ucoco_384.onnx"
+DWPOSE_SOURCE = "Hugging Face repo yzd-v/DWPose, the files MimicMotion and controlnet_aux use"
+
+_estimators: dict = {}  # loaded once per configuration; ONNX/TFLite sessions are cheap to keep
+
+
+def _embedded(hands: bool, face: bool):
+    from ..models.pose.blazepose import MODEL_FILES, BlazePoseEstimator
+    key = ("embedded", hands, face)
+    if key not in _estimators:
+        _estimators[key] = BlazePoseEstimator(mediapipe_dir(MODEL_FILES), hands=hands, face=face)
+    return _estimators[key]
+
+
+def _dwpose(det_name: str, pose_name: str):
+    from ..models.pose.dwpose import DWPoseDetector
+    det = require_model("dwpose", det_name, DWPOSE_SOURCE)
+    pose = require_model("dwpose", pose_name, DWPOSE_SOURCE)
+    key = ("dwpose", det, pose)
+    if key not in _estimators:
+        _estimators[key] = DWPoseDetector(det, pose)
+    return _estimators[key]
+
+
+def keep_parts(frame: PoseFrame, body: bool, hands: bool, face: bool) -> PoseFrame:
+    """Zeroes the scores of the parts the user switched off."""
+    parts = frame.parts()
+    for name, on in (("body", body), ("left_hand", hands), ("right_hand", hands), ("face", face)):
+        if not on:
+            parts[name] = np.zeros_like(parts[name])
+    return PoseFrame(frame.width, frame.height, **parts)
+
+
+def draw_frames(frames: list[PoseFrame], style: str) -> np.ndarray:
+    draw = draw_pose_mimicmotion if style == "MimicMotion" else draw_pose_openpose
+    return np.stack([draw(f) for f in frames])
+
+
+class DWPoseExtract:
+    DESCRIPTION = ("Finds the person in every frame and returns OpenPose-layout keypoints (body 18, hands, "
+                   "face) as POSE_KEYPOINT (controlnet_aux format) plus rendered skeleton frames. "
+                   "'embedded' needs no download; 'DWPose (ONNX)' uses yolox_l.onnx + dw-ll_ucoco_384.onnx.")
+    CATEGORY = "Marionette/Pose"
+    FUNCTION = "extract"
+    RETURN_TYPES = ("POSE_KEYPOINT", "IMAGE")
+    RETURN_NAMES = ("pose_keypoint", "skeleton")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "images": ("IMAGE", {"tooltip": "One image or a batch of video frames."}),
+                "backend": (list(BACKENDS), {"default": BACKENDS[0]}),
+                "detect_body": ("BOOLEAN", {"default": True}),
+                "detect_hands": ("BOOLEAN", {"default": True}),
+                "detect_face": ("BOOLEAN", {"default": True}),
+                "draw_style": (list(DRAW_STYLES), {"default": DRAW_STYLES[0], "tooltip":
+                               "MimicMotion: confidence-weighted, dimmed limbs (what MimicMotion/StableAnimator "
+                               "PoseNets were trained on). OpenPose: the standard controlnet_aux look."}),
+                "bbox_detector": (model_choices("dwpose", (YOLOX,)), {"default": YOLOX}),
+                "pose_estimator": (model_choices("dwpose", (DWPOSE,)), {"default": DWPOSE}),
+            },
+            "hidden": {"unique_id": "UNIQUE_ID"},
+        }
+
+    def extract(self, images, backend, detect_body, detect_hands, detect_face, draw_style,
+                bbox_detector, pose_estimator, unique_id=None):
+        frames = to_rgb_uint8(images)
+        if backend == BACKENDS[0]:
+            estimator = _embedded(detect_hands, detect_face)
+        elif backend == BACKENDS[1]:
+            estimator = _dwpose(bbox_detector, pose_estimator)
+        else:
+            raise MarionetteError(f"Unknown pose backend '{backend}'.", f"Choose one of: {', '.join(BACKENDS)}.")
+        poses = estimator(frames, on_progress=Progress(len(frames), unique_id))
+        poses = [keep_parts(p, detect_body, detect_hands, detect_face) for p in poses]
+        keypoints = frames_to_pose_keypoint(poses)
+        skeleton = draw_frames(poses, draw_style)
+        ui = preview_ui(skeleton, prefix="marionette_pose")
+        ui["openpose_json"] = [json.dumps(keypoints)]
+        ui["marionette_people"] = [int(sum(p.num_people > 0 for p in poses)), len(poses)]
+        return {"ui": ui, "result": (keypoints, to_image_tensor(skeleton))}
