@@ -1,0 +1,61 @@
+// Marionette frontend extension: a status line under our nodes after each run
+// (people found per frame, PoseAlign's fit, what LoadReference found) and a colour for our nodes.
+import { app } from "../../../scripts/app.js";
+
+const OUR_NODES = new Set(["LoadReference", "DWPoseExtract", "PoseAlign"]);
+window.__marionette = { loaded: true, setup: false, seen: [] };
+
+function statusText(message) {
+  if (message.marionette_people) {
+    const [found, total] = message.marionette_people;
+    return `person found in ${found} of ${total} frame${total === 1 ? "" : "s"}`;
+  }
+  if (message.marionette_fit) {
+    const f = message.marionette_fit[0];
+    return `fit: scale ${f.ay.toFixed(3)}×${f.ax.toFixed(3)}, shift ${f.bx.toFixed(3)}, ${f.by.toFixed(3)} ` +
+      `(${f.keypoints.length} keypoints, ${f.frames} frames)`;
+  }
+  if (message.marionette_reference) {
+    const r = message.marionette_reference[0];
+    return `${r.width}×${r.height}, person ${(100 * r.person_area).toFixed(0)}% of the frame, ` +
+      (r.face ? "face found" : "no face found");
+  }
+  return null;
+}
+
+function showStatus(node, text) {
+  if (!node.__marionetteStatus) {
+    const el = document.createElement("div");
+    el.className = "marionette-status";
+    el.style.cssText = "font: 11px monospace; color: #9fd; padding: 2px 6px; white-space: pre-wrap;";
+    node.__marionetteStatus = el;
+    if (node.addDOMWidget) node.addDOMWidget("marionette_status", "marionette_status", el, { serialize: false });
+  }
+  node.__marionetteStatus.textContent = text;
+  node.setDirtyCanvas?.(true, true);
+}
+
+app.registerExtension({
+  name: "marionette.nodes",
+  async setup() {
+    window.__marionette.setup = true;
+  },
+  async beforeRegisterNodeDef(nodeType, nodeData) {
+    if (!OUR_NODES.has(nodeData.name)) return;
+    window.__marionette.seen.push(nodeData.name);
+    const onExecuted = nodeType.prototype.onExecuted;
+    nodeType.prototype.onExecuted = function (message) {
+      onExecuted?.apply(this, arguments);
+      const text = statusText(message || {});
+      if (text) showStatus(this, text);
+      window.__marionette.lastStatus = text;
+    };
+    const onNodeCreated = nodeType.prototype.onNodeCreated;
+    nodeType.prototype.onNodeCreated = function () {
+      const r = onNodeCreated?.apply(this, arguments);
+      this.color = "#2a3b4d";
+      this.bgcolor = "#1d2833";
+      return r;
+    };
+  },
+});
