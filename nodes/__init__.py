@@ -3,6 +3,7 @@ from .model_paths import register_folders
 from .pose import DWPoseExtract
 from .pose_align import PoseAlign
 from .reference import LoadReference
+from .save import SavePoseKeypoint
 
 register_folders()
 
@@ -10,9 +11,11 @@ NODE_CLASS_MAPPINGS = {
     "LoadReference": LoadReference,
     "DWPoseExtract": DWPoseExtract,
     "PoseAlign": PoseAlign,
+    "SavePoseKeypoint": SavePoseKeypoint,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "LoadReference": "Load Reference (Marionette)",
     "DWPoseExtract": "DWPose Extract (Marionette)",
     "PoseAlign": "Pose Align to Reference (Marionette)",
+    "SavePoseKeypoint": "Save Pose Keypoints (Marionette)",
 }

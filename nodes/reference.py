@@ -1,0 +1,111 @@
+"""LoadReference: the still image of the person to animate, sized for the models, with masks."""
+from __future__ import annotations
+
+import hashlib
+import os
+
+import numpy as np
+from PIL import Image, ImageOps
+
+import folder_paths
+
+from ..models.errors import MarionetteError
+from ..models.reference import FIT_MODES, PRESET_NAMES, fit_reference
+from ..models.vision.face_detect import FaceDetector, face_box_and_mask
+from ..models.vision.image import to_rgb_uint8
+from ..models.vision.segmentation import PersonSegmenter
+from .host import check_interrupt, to_image_tensor, to_mask_tensor
+from .model_paths import mediapipe_dir
+
+SEGMENTER, FACE_MODEL = "selfie_segmentation.tflite", "face_detection_short_range.tflite"
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+_models: dict = {}
+
+
+def _model(cls, filename):
+    if filename not in _models:
+        _models[filename] = cls(os.path.join(mediapipe_dir((filename,)), filename))
+    return _models[filename]
+
+
+def input_images() -> list[str]:
+    folder = folder_paths.get_input_directory()
+    return sorted(f for f in os.listdir(folder)
+                  if f.lower().endswith(IMAGE_EXTS) and os.path.isfile(os.path.join(folder, f)))
+
+
+def read_image_file(name: str) -> np.ndarray:
+    """uint8 RGB of an input-folder image; EXIF rotation applied, alpha composited over white."""
+    path = folder_paths.get_annotated_filepath(name)
+    try:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)
+            im = im.convert("RGBA") if im.mode in ("RGBA", "LA", "P") else im.convert("RGB")
+            array = np.asarray(im)
+    except (OSError, ValueError) as e:
+        raise MarionetteError(f"Could not read the image '{name}': {e}.", "Upload a PNG, JPEG or WebP image.") from e
+    return to_rgb_uint8(array.astype(np.float32) / 255.0)[0]
+
+
+class LoadReference:
+    DESCRIPTION = ("Loads the reference photo of the person (upload, or the optional IMAGE input), fits it to a "
+                   "model-friendly size (multiples of 64) and finds the person mask and the face box with the "
+                   "embedded MediaPipe models.")
+    CATEGORY = "Marionette/Reference"
+    FUNCTION = "load"
+    RETURN_TYPES = ("IMAGE", "MASK", "MASK", "BBOX")
+    RETURN_NAMES = ("image", "person_mask", "face_mask", "face_bbox")
+    OUTPUT_TOOLTIPS = ("The fitted reference image.", "Person silhouette, 0..1.",
+                       "Soft face region, 0..1 (empty if no face was found).",
+                       "Face box [x0, y0, x1, y1] in output pixels, or None if no face was found.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "image": (input_images(), {"image_upload": True}),
+                "size": (list(PRESET_NAMES), {"default": "576x1024", "tooltip":
+                         "576x1024 is the MimicMotion/StableAnimator portrait size; auto picks portrait or "
+                         "landscape from the photo; custom uses width and height."}),
+                "fit": (list(FIT_MODES), {"default": "crop", "tooltip":
+                        "crop: cover and centre-crop (MimicMotion); crop person: centre on the person; "
+                        "pad: letterbox; stretch; keep aspect: longest side to the target."}),
+                "width": ("INT", {"default": 576, "min": 64, "max": 4096, "step": 64}),
+                "height": ("INT", {"default": 1024, "min": 64, "max": 4096, "step": 64}),
+            },
+            "optional": {"reference_image": ("IMAGE", {"tooltip": "Overrides the uploaded file when connected."})},
+        }
+
+    @classmethod
+    def IS_CHANGED(cls, image, **kwargs):
+        if not image or not folder_paths.exists_annotated_filepath(image):
+            return ""
+        with open(folder_paths.get_annotated_filepath(image), "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, image):
+        # an empty choice is fine: the IMAGE input may provide the picture (checked when running)
+        if image and not folder_paths.exists_annotated_filepath(image):
+            return f"Invalid image file: {image}"
+        return True
+
+    def load(self, image, size, fit, width, height, reference_image=None):
+        if reference_image is not None:
+            frames = to_rgb_uint8(reference_image)
+            picture = frames[0]  # a reference is one picture: extra frames of a batch are ignored
+        elif image:
+            picture = read_image_file(image)
+        else:
+            raise MarionetteError("LoadReference has no image.", "Upload a photo or connect an IMAGE input.")
+        check_interrupt()
+        mask = _model(PersonSegmenter, SEGMENTER)(picture)
+        faces = _model(FaceDetector, FACE_MODEL)(picture)
+        fitted, transform = fit_reference(picture, size, fit, mask=mask, custom=(width, height))
+        h, w = fitted.shape[:2]
+        person = np.clip(transform.warp(mask, (w, h)), 0.0, 1.0)
+        box, face_mask = face_box_and_mask(faces, (picture.shape[1], picture.shape[0]), transform, (w, h))
+        ui = {"marionette_reference": [{"width": w, "height": h, "person_area": float((person > 0.5).mean()),
+                                        "face": box is not None}]}
+        return {"ui": ui, "result": (to_image_tensor(fitted[None]), to_mask_tensor(person[None]),
+                                     to_mask_tensor(face_mask[None]), [box])}
