@@ -1,0 +1,175 @@
+"""Face box, keypoints and soft mask: BlazeFace (face_detection_short_range.tflite), with a fallback
+from pose keypoints.
+
+Facts from MediaPipe's face_detection graphs (v0.10.14) and the model itself:
+- input 1×128×128×3 RGB in [-1, 1]; the image is letterboxed to a square (keep_aspect_ratio
+  true, black border: BORDER_ZERO on the image before the value mapping, so the border is −1);
+- outputs "regressors" [1, 896, 16] (box cx, cy, w, h + 6 keypoints, in input pixels, relative
+  to the anchor centre) and "classificators" [1, 896, 1] logits → sigmoid, threshold 0.5;
+- anchors: 4 layers, strides 8/16/16/16, interpolated scale 1.0 → 2 per cell per layer
+  (16²·2 + 8²·6 = 896), weighted NMS at IoU 0.3 — ssd.FACE_DETECTOR;
+- keypoints: right eye, left eye, nose tip, mouth centre, right ear tragion, left ear tragion
+  (the person's right and left).
+The short-range model only sees faces that fill a good part of its 128² input (selfie
+distance). In a full-body photo the face is far smaller, so `FaceDetector.find` also looks in
+square crops at the top of the person's box.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..pose.types import VISIBLE
+from . import ssd
+from .image import Affine, letterbox
+from .tflite import TFLiteModel
+
+FACE_KEYPOINTS = ("right_eye", "left_eye", "nose_tip", "mouth_center", "right_ear_tragion", "left_ear_tragion")
+FACE_EXPAND = 1.3  # BlazeFace's box runs brow to chin; ×1.3 takes in the hair line, the chin and the ears
+HAIR_SHIFT = 0.1   # the expanded box moves up by this fraction of the face box: more hair above than chin below
+OP_NOSE, OP_NECK, OP_R_EYE, OP_L_EYE, OP_R_EAR, OP_L_EAR = 0, 1, 14, 15, 16, 17  # OpenPose-18 indices
+
+
+@dataclass
+class Face:
+    score: float
+    box: np.ndarray        # x0, y0, x1, y1 in image pixels
+    keypoints: np.ndarray  # [6, 2] xy in image pixels, FACE_KEYPOINTS order
+
+
+class FaceDetector:
+    """`FaceDetector(path)(image uint8 [H,W,3]) -> list[Face]`, best first, in image pixels."""
+
+    def __init__(self, model_path: str, min_score: float = ssd.FACE_DETECTOR.min_score,
+                 num_threads: int | None = None):
+        self.model = TFLiteModel(model_path, num_threads)
+        self.spec = ssd.SsdSpec(**{**ssd.FACE_DETECTOR.__dict__, "min_score": min_score})
+        self.anchors = ssd.anchor_centres(self.spec)
+
+    def __call__(self, image: np.ndarray, region=None) -> list[Face]:
+        """Faces in the whole image, or in the square around `region` (x0, y0, x1, y1) if given."""
+        crop, to_crop = (image, Affine.scale_shift(1, 1)) if region is None else square_crop(image, region)
+        n = self.spec.input_size
+        tensor, to_input = letterbox(crop, (n, n))
+        raw_boxes, raw_scores = self.model(tensor.astype(np.float32)[None] / 127.5 - 1.0)
+        back = to_crop.then(to_input).then(Affine.scale_shift(1.0 / n, 1.0 / n)).inverse()
+        return [Face(d.score, back.apply_box(d.box), back.apply(d.keypoints))
+                for d in ssd.decode(raw_boxes, raw_scores, self.anchors, self.spec)]
+
+    def find(self, image: np.ndarray, person_box=None) -> list[Face]:
+        """Whole image first; if nothing is found and a person box is known, the head region."""
+        faces = self(image)
+        if faces or person_box is None:
+            return faces
+        for region in head_regions(person_box):
+            faces = self(image, region)
+            if faces:
+                return faces
+        return []
+
+
+def square_crop(image: np.ndarray, region) -> tuple[np.ndarray, Affine]:
+    """The square around `region` (its longer side, same centre), zero outside the image."""
+    x0, y0, x1, y1 = (float(v) for v in region)
+    side = max(1, int(round(max(x1 - x0, y1 - y0))))
+    left, top = int(round((x0 + x1 - side) / 2)), int(round((y0 + y1 - side) / 2))
+    h, w = image.shape[:2]
+    out = np.zeros((side, side) + image.shape[2:], image.dtype)
+    sx0, sy0, sx1, sy1 = max(left, 0), max(top, 0), min(left + side, w), min(top + side, h)
+    if sx1 > sx0 and sy1 > sy0:
+        out[sy0 - top:sy1 - top, sx0 - left:sx1 - left] = image[sy0:sy1, sx0:sx1]
+    return out, Affine.scale_shift(1.0, 1.0, -left, -top)
+
+
+def head_regions(person_box) -> list[np.ndarray]:
+    """Squares at the top of a person box where the head should be, largest first.
+
+    A standing person's head is about 1/7 of the body height; a head-and-shoulders portrait is
+    as wide as the box. The squares cover both, with the head in the upper part.
+    """
+    x0, y0, x1, y1 = (float(v) for v in person_box)
+    cx, height, width = (x0 + x1) / 2, y1 - y0, x1 - x0
+    out = []
+    for side in (min(width, height), 0.45 * height, 0.3 * height):
+        out.append(np.array([cx - side / 2, y0 - 0.1 * side, cx + side / 2, y0 + 0.9 * side]))
+    return out
+
+
+def face_box_from_body(body: np.ndarray) -> np.ndarray | None:
+    """A BlazeFace-like face box (brow to chin) from OpenPose-18 body keypoints [18, 3], or None.
+
+    The side comes from whichever head measures are visible, the largest (turning the head only
+    shortens them): ear to ear × 0.9, eye to eye / 0.45, nose to neck / 1.8 (the OpenPose neck
+    sits at the shoulder line). The centre is 0.3 sides below the eyes. These ratios match
+    BlazeFace's box on a frontal body render (tests/data/person_512.png) within about 10 %.
+    """
+    b = np.asarray(body, np.float64).reshape(-1, 3)
+    vis = lambda i: b[i, 2] > VISIBLE  # noqa: E731
+    head = [i for i in (OP_NOSE, OP_R_EYE, OP_L_EYE, OP_R_EAR, OP_L_EAR) if vis(i)]
+    if not head:
+        return None
+    sizes = []
+    if vis(OP_R_EAR) and vis(OP_L_EAR):
+        sizes.append(np.linalg.norm(b[OP_R_EAR, :2] - b[OP_L_EAR, :2]) * 0.9)
+    if vis(OP_R_EYE) and vis(OP_L_EYE):
+        sizes.append(np.linalg.norm(b[OP_R_EYE, :2] - b[OP_L_EYE, :2]) / 0.45)
+    if vis(OP_NOSE) and vis(OP_NECK):
+        sizes.append(np.linalg.norm(b[OP_NOSE, :2] - b[OP_NECK, :2]) / 1.8)
+    if not sizes:
+        return None
+    side = max(sizes)
+    eyes = [i for i in (OP_R_EYE, OP_L_EYE) if vis(i)]
+    cx = b[head, 0].mean()
+    cy = (b[eyes, 1].mean() if eyes else b[head, 1].mean()) + 0.3 * side
+    return np.array([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2])
+
+
+@dataclass
+class FaceRegion:
+    box: np.ndarray | None  # expanded x0, y0, x1, y1 in image pixels, clipped; None if no face
+    mask: np.ndarray        # float32 [H, W] in 0..1
+    source: str             # "detector", "pose" or "none"
+
+
+def face_box_and_mask(image_size: tuple[int, int], faces: list[Face] | None = None,
+                      body: np.ndarray | None = None, expand: float = FACE_EXPAND,
+                      shape: str = "ellipse", feather: float = 0.2) -> FaceRegion:
+    """The face region of an image of `image_size`=(w, h): detector's best face, else the pose.
+
+    The face box is scaled by `expand` about its centre, moved up by HAIR_SHIFT of its height
+    and clipped to the image. The mask is 1
+    inside an ellipse (or rectangle) inscribed in the expanded box and fades to 0 over the
+    outer `feather` fraction of its radius.
+    """
+    w, h = int(image_size[0]), int(image_size[1])
+    box, source = None, "none"
+    if faces:
+        box, source = np.asarray(faces[0].box, np.float64), "detector"
+    elif body is not None:
+        box = face_box_from_body(body)
+        source = "pose" if box is not None else "none"
+    if box is None:
+        return FaceRegion(None, np.zeros((h, w), np.float32), "none")
+    c, half = (box[:2] + box[2:]) / 2, (box[2:] - box[:2]) / 2 * expand
+    c[1] -= HAIR_SHIFT * (box[3] - box[1])
+    full = np.concatenate([c - half, c + half])
+    mask = soft_shape_mask((w, h), full, shape, feather)
+    clipped = np.clip(full, 0, [w, h, w, h])
+    if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
+        return FaceRegion(None, np.zeros((h, w), np.float32), "none")
+    return FaceRegion(clipped, mask, source)
+
+
+def soft_shape_mask(image_size: tuple[int, int], box, shape: str = "ellipse", feather: float = 0.2) -> np.ndarray:
+    """float32 [H, W]: 1 inside the ellipse/rectangle in `box`, a linear fade over `feather`."""
+    if shape not in ("ellipse", "rectangle"):
+        raise ValueError(f"shape must be 'ellipse' or 'rectangle', not {shape!r}")
+    w, h = image_size
+    x0, y0, x1, y1 = box
+    a, b = max((x1 - x0) / 2, 1e-6), max((y1 - y0) / 2, 1e-6)
+    dx = (np.arange(w) + 0.5 - (x0 + x1) / 2)[None, :] / a
+    dy = (np.arange(h) + 0.5 - (y0 + y1) / 2)[:, None] / b
+    r = np.sqrt(dx ** 2 + dy ** 2) if shape == "ellipse" else np.maximum(np.abs(dx), np.abs(dy))
+    f = max(float(feather), 1e-6)
+    return np.clip((1.0 - r) / f, 0.0, 1.0).astype(np.float32)

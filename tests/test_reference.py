@@ -1,0 +1,266 @@
+"""Reference sizing (models/reference.py), person mask and face region (models/vision/*).
+
+The person is a committed Anny render (tests/data/person_512*, made by tests/reference_render.py):
+a clothed woman standing off-centre (38 % of the width), with her silhouette and projected
+COCO keypoints as ground truth.
+"""
+import json
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from marionette.models.errors import MarionetteError
+from marionette.models.reference import (FIT_MODES, PRESET_NAMES, PRESETS, cover_size, fit_reference,
+                                         person_box, round_to_multiple, target_size)
+from marionette.models.vision.face_detect import (FaceDetector, face_box_and_mask, face_box_from_body,
+                                                  soft_shape_mask)
+from marionette.models.vision.segmentation import PersonSegmenter
+from marionette.models.vision.ssd import iou
+
+DATA = Path(__file__).resolve().parent / "data"
+
+
+# ---------------------------------------------------------------- fixtures
+
+@pytest.fixture(scope="module")
+def person():
+    image = cv2.cvtColor(cv2.imread(str(DATA / "person_512.png")), cv2.COLOR_BGR2RGB)
+    silhouette = cv2.imread(str(DATA / "person_512_mask.png"), cv2.IMREAD_GRAYSCALE) > 127
+    meta = json.loads((DATA / "person_512.json").read_text())
+    return image, silhouette, meta
+
+
+def _tflite(name: str) -> str:
+    folder = os.environ.get("MARIONETTE_TFLITE")
+    if not folder:
+        pytest.skip("MARIONETTE_TFLITE is not set: source ~/.cache/marionette/env.sh (made by .ci/setup.sh)")
+    return os.path.join(folder, name)
+
+
+@pytest.fixture(scope="module")
+def segmenter():
+    return PersonSegmenter(_tflite("selfie_segmentation.tflite"))
+
+
+@pytest.fixture(scope="module")
+def detector():
+    return FaceDetector(_tflite("face_detection_short_range.tflite"))
+
+
+def _openpose_body(keypoints: dict) -> np.ndarray:
+    """OpenPose-18 body [18, 3] from the render's COCO keypoints (neck = shoulder mean)."""
+    body = np.zeros((18, 3), np.float32)
+    for i, name in {0: "nose", 2: "right_shoulder", 5: "left_shoulder", 14: "right_eye", 15: "left_eye",
+                    16: "right_ear", 17: "left_ear"}.items():
+        body[i] = [*keypoints[name], 1.0]
+    body[1] = [*((body[2, :2] + body[5, :2]) / 2), 1.0]
+    return body
+
+
+def _marked(w: int, h: int, at: tuple[int, int]) -> np.ndarray:
+    img = np.full((h, w, 3), 90, np.uint8)
+    x, y = at
+    img[y - 6:y + 6, x - 6:x + 6] = (255, 0, 0)
+    return img
+
+
+# ---------------------------------------------------------------- sizes and fitting
+
+def test_every_preset_and_custom_size_is_a_multiple_of_64():
+    for name in PRESET_NAMES:
+        for image_size in ((600, 900), (900, 600)):
+            w, h = target_size(name, image_size, custom=(517, 333))
+            assert w % 64 == 0 and h % 64 == 0 and w >= 64 and h >= 64
+    assert target_size("custom", custom=(500, 300)) == (512, 320)
+    assert target_size("custom", custom=(96, 160)) == (128, 192)     # halves round up
+    assert target_size("custom", custom=(10, 0)) == (64, 64)
+    assert round_to_multiple(1000) == 1024
+    assert target_size("auto", (600, 900)) == (576, 1024) and target_size("auto", (900, 600)) == (1024, 576)
+    with pytest.raises(MarionetteError, match="preset"):
+        target_size("640x480")
+
+
+def test_crop_follows_mimicmotion_on_a_portrait():
+    # 640×900 portrait → auto 576×1024: h/w 1.406 < 1024/576, so height 1024 and width
+    # ceil(1024/1.40625) = ceil(728.2) = 729; left = round((729 - 576) / 2) = round(76.5) = 76 (to even)
+    assert cover_size((640, 900), (576, 1024)) == (729, 1024)
+    out, t = fit_reference(_marked(640, 900, (300, 450)), "auto", "crop")
+    assert out.shape == (1024, 576, 3)
+    assert np.allclose(t.apply([[0, 0], [640, 900]]), [[-76, 0], [729 - 76, 1024]])
+
+
+def test_crop_follows_mimicmotion_on_a_landscape():
+    # 1200×700 → auto 1024×576: h/w 0.583 > 576/1024, so width 1024 and height
+    # ceil(1024·0.5833) = ceil(597.3) = 598; top = round(22 / 2) = 11
+    assert cover_size((1200, 700), (1024, 576)) == (1024, 598)
+    out, t = fit_reference(_marked(1200, 700, (600, 400)), "auto", "crop")
+    assert out.shape == (576, 1024, 3)
+    assert np.allclose(t.apply([[0, 0], [1200, 700]]), [[0, -11], [1024, 598 - 11]])
+
+
+def test_pad_stretch_and_keep_aspect_map_corners_exactly():
+    img = _marked(300, 200, (200, 60))
+    out, t = fit_reference(img, "576x1024", "pad", pad_colour=(0, 0, 0))
+    assert out.shape == (1024, 576, 3)                      # 300×200 → 576×384, centred: top 320
+    assert np.allclose(t.apply([[0, 0], [300, 200]]), [[0, 320], [576, 704]])
+    assert (out[:320] == 0).all() and (out[704:] == 0).all() and out[320].min() >= 80 and out[703].min() >= 80
+    out, t = fit_reference(img, "512x512", "stretch")
+    assert np.allclose(t.apply([[0, 0], [300, 200]]), [[0, 0], [512, 512]])
+    out, t = fit_reference(img, "576x1024", "keep aspect")  # longest 300 → 1024; 200 → 682.7 → 704
+    assert out.shape == (704, 1024, 3)
+    assert np.allclose(t.apply([[300, 200]]), [[1024, 704]])
+
+
+@pytest.mark.parametrize("mode", ["crop", "pad", "stretch", "keep aspect"])
+@pytest.mark.parametrize("size", ["512x768", "1024x576", (320, 200)])
+def test_transform_lands_on_the_moved_content(mode, size):
+    img = _marked(300, 200, (200, 60))
+    out, t = fit_reference(img, size, mode)
+    assert out.shape[0] % 64 == 0 and out.shape[1] % 64 == 0
+    x, y = t.apply([200.0, 60.0])
+    assert 0 <= x < out.shape[1] and 0 <= y < out.shape[0]
+    r, g, b = out[int(y), int(x)].astype(int)
+    assert r > 200 and g < 60 and b < 60
+
+
+def test_crop_on_person_shifts_toward_the_person_and_keeps_them(person):
+    image, silhouette, _ = person               # widened to 800 px: the person sits in the left quarter
+    image = np.pad(image, ((0, 0), (0, 288), (0, 0)), mode="edge")
+    mask = np.pad(silhouette, ((0, 0), (0, 288))).astype(np.float32)
+
+    def kept(mode):
+        out, t = fit_reference(image, "512x768", mode, mask=mask)
+        scale = t.matrix[0, 0] * t.matrix[1, 1]
+        return t.warp(mask, (out.shape[1], out.shape[0])).sum() / (mask.sum() * scale), t
+
+    centre, t_centre = kept("crop")
+    on_person, t_person = kept("crop person")
+    assert t_person.matrix[0, 2] > t_centre.matrix[0, 2]        # window moved left, toward the person
+    assert on_person > 0.99 and centre < 0.8
+
+
+def test_crop_on_a_tall_person_keeps_the_head():
+    img = np.full((400, 200, 3), 128, np.uint8)                 # portrait image into a landscape crop
+    mask = np.zeros((400, 200), np.float32)
+    mask[40:360, 80:120] = 1.0
+    out, t = fit_reference(img, "1024x576", "crop person", mask=mask)
+    head_y = t.apply([100.0, 40.0])[1]
+    assert out.shape == (576, 1024, 3) and 0 <= head_y <= 0.1 * 576
+
+
+def test_bad_fit_requests_raise_clear_errors(person):
+    image = person[0]
+    with pytest.raises(MarionetteError, match="mask"):
+        fit_reference(image, "512x512", "crop person")
+    with pytest.raises(MarionetteError, match="fit mode"):
+        fit_reference(image, "512x512", "zoom")
+    with pytest.raises(MarionetteError, match="uint8 RGB"):
+        fit_reference(image.astype(np.float32), "512x512", "crop")
+    with pytest.raises(MarionetteError, match="mask is"):
+        fit_reference(image, "512x512", "crop person", mask=np.ones((10, 10), np.float32))
+    assert set(FIT_MODES) >= {"crop", "pad", "stretch", "keep aspect"} and "576x1024" in PRESETS
+
+
+def test_empty_person_mask_falls_back_to_the_centre(person):
+    image = person[0]
+    a, ta = fit_reference(image, "512x768", "crop")
+    b, tb = fit_reference(image, "512x768", "crop person", mask=np.zeros(image.shape[:2], np.float32))
+    assert person_box(np.zeros((4, 4))) is None and np.array_equal(a, b) and np.allclose(ta.matrix, tb.matrix)
+
+
+# ---------------------------------------------------------------- person mask
+
+def test_person_mask_matches_the_rendered_silhouette(segmenter, person):
+    image, silhouette, _ = person
+    mask = segmenter(image)
+    assert mask.shape == silhouette.shape and mask.dtype == np.float32
+    assert 0.0 <= mask.min() and mask.max() <= 1.0
+    predicted = mask > 0.5
+    assert (predicted & silhouette).sum() / (predicted | silhouette).sum() > 0.85
+
+
+def test_blank_image_gives_an_empty_mask(segmenter):
+    assert segmenter(np.full((300, 400, 3), 200, np.uint8)).mean() < 0.01
+
+
+def test_missing_model_file_names_the_file(tmp_path):
+    for cls, name in ((PersonSegmenter, "selfie_segmentation.tflite"),
+                      (FaceDetector, "face_detection_short_range.tflite")):
+        with pytest.raises(MarionetteError, match=name):
+            cls(str(tmp_path / name))
+
+
+# ---------------------------------------------------------------- face
+
+def test_face_is_found_in_the_head_region_with_keypoints_on_the_eyes(detector, person):
+    image, silhouette, meta = person
+    faces = detector.find(image, person_box(silhouette))
+    assert faces and faces[0].score > 0.8
+    face = faces[0]
+    hx0, hy0, hx1, hy1 = meta["head_box"]
+    cx, cy = (face.box[:2] + face.box[2:]) / 2
+    assert hx0 < cx < hx1 and hy0 < cy < hy1
+    width = face.box[2] - face.box[0]
+    assert 0.5 * (hx1 - hx0) < width < 1.2 * (hx1 - hx0)
+    kp = meta["keypoints"]   # BlazeFace order: the person's right eye first (image left when facing us)
+    assert np.linalg.norm(face.keypoints[0] - kp["right_eye"]) < 0.2 * width
+    assert np.linalg.norm(face.keypoints[1] - kp["left_eye"]) < 0.2 * width
+    assert np.linalg.norm(face.keypoints[2] - kp["nose"]) < 0.25 * width
+
+
+def test_blank_image_has_no_face(detector):
+    blank = np.full((512, 512, 3), 200, np.uint8)
+    assert detector(blank) == [] and detector.find(blank, (100, 50, 300, 500)) == []
+    region = face_box_and_mask((512, 512), detector(blank))
+    assert region.box is None and region.source == "none" and region.mask.max() == 0
+
+
+def test_face_region_from_the_detector_covers_the_face(detector, person):
+    image, silhouette, meta = person
+    region = face_box_and_mask((512, 512), detector.find(image, person_box(silhouette)))
+    assert region.source == "detector" and region.mask.shape == (512, 512)
+    nose = np.round(meta["keypoints"]["nose"]).astype(int)
+    assert region.mask[nose[1], nose[0]] > 0.99
+    ankle = np.round(meta["keypoints"]["left_ankle"]).astype(int)
+    assert region.mask[ankle[1], ankle[0]] == 0
+    x0, y0, x1, y1 = region.box
+    for name in ("right_eye", "left_eye", "right_ear", "left_ear", "nose"):
+        x, y = meta["keypoints"][name]
+        assert x0 <= x <= x1 and y0 <= y <= y1
+
+
+def test_face_region_from_pose_keypoints_agrees_with_the_detector(detector, person):
+    image, silhouette, meta = person
+    detected = detector.find(image, person_box(silhouette))[0].box
+    body = _openpose_body(meta["keypoints"])
+    assert iou(face_box_from_body(body), detected[None])[0] > 0.7
+    no_ears = body.copy()
+    no_ears[16:, 2] = 0
+    assert iou(face_box_from_body(no_ears), detected[None])[0] > 0.6
+    region = face_box_and_mask((512, 512), faces=[], body=body)
+    assert region.source == "pose" and region.mask[int(meta["keypoints"]["nose"][1]),
+                                                   int(meta["keypoints"]["nose"][0])] > 0.99
+    headless = body.copy()
+    headless[[0, 14, 15, 16, 17], 2] = 0
+    assert face_box_from_body(headless) is None
+    assert face_box_and_mask((512, 512), body=headless).source == "none"
+
+
+def test_face_box_is_clipped_but_the_mask_keeps_its_shape():
+    body = np.zeros((18, 3), np.float32)
+    body[[0, 14, 15], :] = [[5, 20, 1], [0, 10, 1], [10, 10, 1]]  # a face at the top-left corner
+    region = face_box_and_mask((64, 48), body=body)
+    assert region.box[0] == 0 and region.box[1] == 0 and region.box[2] < 64
+    assert region.mask[:, 0].max() > 0.5 and region.mask[47, 63] == 0   # the ellipse runs off the edge
+    assert region.mask[0, 0] < region.mask[0, 5] > region.mask[0, 12]   # its centre stays at x = 5
+
+
+def test_soft_mask_shapes_and_feather():
+    ellipse = soft_shape_mask((40, 20), (0, 0, 40, 20), "ellipse", feather=0.2)
+    rect = soft_shape_mask((40, 20), (0, 0, 40, 20), "rectangle", feather=0.2)
+    assert ellipse[10, 20] == 1.0 and ellipse[0, 0] == 0.0 and rect[1, 1] > 0.0
+    assert 0.0 < ellipse[10, 1] < 1.0                         # the fade at the rim
+    assert rect.sum() > ellipse.sum()
