@@ -1,7 +1,7 @@
 """Skeleton images from PoseFrames, in the two styles the pose-conditioned models were trained on.
 
 * ``draw_pose_mimicmotion``: the confidence-aware renderer of MimicMotion (``mimicmotion/dwpose/util.py``),
-  reused unchanged by StableAnimator and DisPose. Their PoseNets saw exactly these pixels.
+  which StableAnimator copies unchanged. Their PoseNets saw exactly these pixels.
 * ``draw_pose_openpose``: the ControlNet OpenPose / DWPose look of comfyui_controlnet_aux
   (``dwpose/util.py``): full colours, no confidence fading.
 
@@ -149,8 +149,8 @@ def draw_pose_mimicmotion(frame: PoseFrame, width: int | None = None, height: in
     """MimicMotion / StableAnimator pose image, uint8 RGB [H, W, 3].
 
     The reference draws its colour lists into an OpenCV (BGR) canvas and then swaps to RGB.
-    channel_order="mimicmotion" returns that swapped array, which is what MimicMotion's (and
-    DisPose's) PoseNet receives. StableAnimator writes the swapped array with cv2.imwrite and reads
+    channel_order="mimicmotion" returns that swapped array, which is what MimicMotion's PoseNet
+    receives (inference.py passes it on unchanged). StableAnimator writes the swapped array with cv2.imwrite and reads
     the PNG back as RGB, which undoes the swap: use channel_order="stableanimator" for its PoseNet.
     """
     if channel_order not in CHANNEL_ORDERS:
