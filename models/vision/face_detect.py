@@ -165,11 +165,17 @@ def soft_shape_mask(image_size: tuple[int, int], box, shape: str = "ellipse", fe
     """float32 [H, W]: 1 inside the ellipse/rectangle in `box`, a linear fade over `feather`."""
     if shape not in ("ellipse", "rectangle"):
         raise ValueError(f"shape must be 'ellipse' or 'rectangle', not {shape!r}")
-    w, h = image_size
-    x0, y0, x1, y1 = box
+    w, h = int(image_size[0]), int(image_size[1])
+    x0, y0, x1, y1 = (float(v) for v in box)
+    out = np.zeros((h, w), np.float32)
+    # only the pixels under the box can be non-zero
+    c0, r0 = max(int(np.floor(x0)), 0), max(int(np.floor(y0)), 0)
+    c1, r1 = min(int(np.ceil(x1)), w), min(int(np.ceil(y1)), h)
+    if c1 <= c0 or r1 <= r0:
+        return out
     a, b = max((x1 - x0) / 2, 1e-6), max((y1 - y0) / 2, 1e-6)
-    dx = (np.arange(w) + 0.5 - (x0 + x1) / 2)[None, :] / a
-    dy = (np.arange(h) + 0.5 - (y0 + y1) / 2)[:, None] / b
+    dx = (np.arange(c0, c1) + 0.5 - (x0 + x1) / 2)[None, :] / a
+    dy = (np.arange(r0, r1) + 0.5 - (y0 + y1) / 2)[:, None] / b
     r = np.sqrt(dx ** 2 + dy ** 2) if shape == "ellipse" else np.maximum(np.abs(dx), np.abs(dy))
-    f = max(float(feather), 1e-6)
-    return np.clip((1.0 - r) / f, 0.0, 1.0).astype(np.float32)
+    out[r0:r1, c0:c1] = np.clip((1.0 - r) / max(float(feather), 1e-6), 0.0, 1.0)
+    return out
