@@ -16,13 +16,13 @@ square crops at the top of the person's box.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from ..pose.types import VISIBLE
 from . import ssd
-from .image import Affine, letterbox
+from .image import Affine, check_rgb, letterbox
 from .tflite import TFLiteModel
 
 FACE_KEYPOINTS = ("right_eye", "left_eye", "nose_tip", "mouth_center", "right_ear_tragion", "left_ear_tragion")
@@ -44,11 +44,12 @@ class FaceDetector:
     def __init__(self, model_path: str, min_score: float = ssd.FACE_DETECTOR.min_score,
                  num_threads: int | None = None):
         self.model = TFLiteModel(model_path, num_threads)
-        self.spec = ssd.SsdSpec(**{**ssd.FACE_DETECTOR.__dict__, "min_score": min_score})
+        self.spec = replace(ssd.FACE_DETECTOR, min_score=min_score)
         self.anchors = ssd.anchor_centres(self.spec)
 
     def __call__(self, image: np.ndarray, region=None) -> list[Face]:
         """Faces in the whole image, or in the square around `region` (x0, y0, x1, y1) if given."""
+        image = check_rgb(image)
         crop, to_crop = (image, Affine.scale_shift(1, 1)) if region is None else square_crop(image, region)
         n = self.spec.input_size
         tensor, to_input = letterbox(crop, (n, n))
