@@ -6,7 +6,7 @@ import json
 import numpy as np
 
 from ..models.errors import MarionetteError
-from ..models.pose.draw import draw_pose_mimicmotion, draw_pose_openpose
+from ..models.pose.draw import draw_frames as draw_pose_frames
 from ..models.pose.keypoint_json import frames_to_pose_keypoint
 from ..models.pose.types import PoseFrame
 from ..models.vision.image import to_rgb_uint8
@@ -14,7 +14,11 @@ from .host import Progress, preview_ui, to_image_tensor
 from .model_paths import mediapipe_dir, model_choices, require_model
 
 BACKENDS = ("embedded (BlazePose)", "DWPose (ONNX)")
-DRAW_STYLES = ("MimicMotion", "OpenPose")
+# node choice → (renderer, options): MimicMotion and StableAnimator trained their PoseNets on the same
+# confidence-weighted drawing with swapped colour channels; OpenPose is controlnet_aux's look
+DRAW_STYLES = {"MimicMotion": ("mimicmotion", {"channel_order": "mimicmotion"}),
+               "StableAnimator": ("mimicmotion", {"channel_order": "stableanimator"}),
+               "OpenPose": ("openpose", {})}
 YOLOX, DWPOSE = "yolox_l.onnx", "dw-ll_ucoco_384.onnx"
 DWPOSE_SOURCE = "Hugging Face repo yzd-v/DWPose, the files MimicMotion and controlnet_aux use"
 
@@ -48,9 +52,13 @@ def keep_parts(frame: PoseFrame, body: bool, hands: bool, face: bool) -> PoseFra
     return PoseFrame(frame.width, frame.height, **parts)
 
 
-def draw_frames(frames: list[PoseFrame], style: str) -> np.ndarray:
-    draw = draw_pose_mimicmotion if style == "MimicMotion" else draw_pose_openpose
-    return np.stack([draw(f) for f in frames])
+def draw_frames(frames: list[PoseFrame], style: str, size: tuple[int, int] | None = None) -> np.ndarray:
+    """Skeleton frames [F,H,W,3] in a node's draw style, at each frame's canvas size or `size` (w, h)."""
+    if style not in DRAW_STYLES:
+        raise MarionetteError(f"Unknown draw style '{style}'.", f"Choose one of: {', '.join(DRAW_STYLES)}.")
+    renderer, options = DRAW_STYLES[style]
+    width, height = size or (None, None)
+    return draw_pose_frames(frames, renderer, width, height, **options)
 
 
 class DWPoseExtract:
@@ -71,9 +79,10 @@ class DWPoseExtract:
                 "detect_body": ("BOOLEAN", {"default": True}),
                 "detect_hands": ("BOOLEAN", {"default": True}),
                 "detect_face": ("BOOLEAN", {"default": True}),
-                "draw_style": (list(DRAW_STYLES), {"default": DRAW_STYLES[0], "tooltip":
-                               "MimicMotion: confidence-weighted, dimmed limbs (what MimicMotion/StableAnimator "
-                               "PoseNets were trained on). OpenPose: the standard controlnet_aux look."}),
+                "draw_style": (list(DRAW_STYLES), {"default": "MimicMotion", "tooltip":
+                               "MimicMotion / StableAnimator: the confidence-weighted, dimmed drawing each "
+                               "model's PoseNet was trained on (their colour channels differ). OpenPose: the "
+                               "standard controlnet_aux look."}),
                 "bbox_detector": (model_choices("dwpose", (YOLOX,)), {"default": YOLOX}),
                 "pose_estimator": (model_choices("dwpose", (DWPOSE,)), {"default": DWPOSE}),
             },

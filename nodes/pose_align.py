@@ -26,7 +26,7 @@ class PoseAlign:
             "required": {
                 "reference_pose": ("POSE_KEYPOINT", {"tooltip": "DWPoseExtract on the reference image."}),
                 "driving_pose": ("POSE_KEYPOINT", {"tooltip": "DWPoseExtract on the driving frames."}),
-                "draw_style": (list(DRAW_STYLES), {"default": DRAW_STYLES[0]}),
+                "draw_style": (list(DRAW_STYLES), {"default": "MimicMotion"}),
             },
             "optional": {"reference_image": ("IMAGE", {"tooltip": "For the overlay preview."})},
         }
@@ -40,7 +40,7 @@ class PoseAlign:
         ref = refs[0]
         fit = fit_alignment(ref, driving)
         aligned = apply_alignment(fit, driving, (ref.width, ref.height))
-        skeleton = draw_frames(aligned, draw_style)
+        skeleton = draw_frames(aligned, draw_style, (ref.width, ref.height))
         if reference_image is not None:
             background = to_rgb_uint8(reference_image)[0]
         else:
