@@ -10,7 +10,7 @@ from PIL import Image, ImageOps
 import folder_paths
 
 from ..models.errors import MarionetteError
-from ..models.reference import FIT_MODES, PRESET_NAMES, fit_reference
+from ..models.reference import FIT_MODES, PRESET_NAMES, fit_reference, person_box
 from ..models.vision.face_detect import FaceDetector, face_box_and_mask
 from ..models.vision.image import to_rgb_uint8
 from ..models.vision.segmentation import PersonSegmenter
@@ -99,13 +99,15 @@ class LoadReference:
         else:
             raise MarionetteError("LoadReference has no image.", "Upload a photo or connect an IMAGE input.")
         check_interrupt()
-        mask = _model(PersonSegmenter, SEGMENTER)(picture)
-        faces = _model(FaceDetector, FACE_MODEL)(picture)
+        mask = _model(PersonSegmenter, SEGMENTER)(picture)  # on the full photo: "crop person" needs it
         fitted, transform = fit_reference(picture, size, fit, mask=mask, custom=(width, height))
         h, w = fitted.shape[:2]
         person = np.clip(transform.warp(mask, (w, h)), 0.0, 1.0)
-        box, face_mask = face_box_and_mask(faces, (picture.shape[1], picture.shape[0]), transform, (w, h))
+        check_interrupt()
+        faces = _model(FaceDetector, FACE_MODEL).find(fitted, person_box(person))
+        face = face_box_and_mask((w, h), faces)
+        box = None if face.box is None else [float(v) for v in face.box]
         ui = {"marionette_reference": [{"width": w, "height": h, "person_area": float((person > 0.5).mean()),
                                         "face": box is not None}]}
         return {"ui": ui, "result": (to_image_tensor(fitted[None]), to_mask_tensor(person[None]),
-                                     to_mask_tensor(face_mask[None]), [box])}
+                                     to_mask_tensor(face.mask[None]), [box])}
