@@ -50,7 +50,8 @@ class Detection:
 
 def decode(raw_boxes: np.ndarray, raw_scores: np.ndarray, anchors: np.ndarray, spec: SsdSpec) -> list[Detection]:
     """Raw outputs [N, 4 + 2K], [N] (logits) → detections after weighted NMS, best first."""
-    scores = 1.0 / (1.0 + np.exp(-np.clip(raw_scores.reshape(-1), -100.0, 100.0)))
+    # float64: exp(100) overflows float32 (the clip mirrors MediaPipe's score_clipping_thresh)
+    scores = 1.0 / (1.0 + np.exp(-np.clip(raw_scores.reshape(-1).astype(np.float64), -100.0, 100.0)))
     keep = np.nonzero(scores >= spec.min_score)[0]
     if keep.size == 0:
         return []

@@ -1,0 +1,143 @@
+"""BlazePose body: the SSD person detector, the 33-landmark model, and frame-to-frame ROI tracking.
+
+Facts from MediaPipe's pose graphs (pose_detection_cpu, pose_detection_to_roi,
+pose_landmark_by_roi_cpu, pose_landmarks_to_roi, tensors_to_pose_landmarks_and_segmentation):
+- detector: whole frame letterboxed to 224², values in [-1, 1], zero border;
+- ROI: centred on detector keypoint 0 (mid-hip), half-side |kp1 − kp0|, rotated so kp0→kp1
+  points up, then scaled by 1.25 (square on the long side);
+- landmark model: ROI resampled to 256², values in [0, 1]; output 39 × (x, y, z, visibility,
+  presence) in crop pixels, visibility/presence are logits; the pose flag is already a
+  probability (gate at 0.5); landmarks 33 and 34 are the auxiliary alignment points from
+  which the next frame's ROI is built (same alignment rule as the detector's keypoints 0, 1);
+- x, y are refined by a score-weighted mean over a 7×7 window of the 64² heatmaps.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ...vision import ssd
+from ...vision.tflite import TFLiteModel
+from . import roi as R
+
+DETECTOR_SIZE = 224
+LANDMARK_SIZE = 256
+NUM_LANDMARKS = 33
+ROI_SCALE = 1.25
+PRESENCE_THRESHOLD = 0.5
+HEATMAP_KERNEL = 7
+HEATMAP_MIN_CONFIDENCE = 0.5
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(np.asarray(x, np.float64), -80.0, 80.0)))
+
+
+@dataclass
+class BodyResult:
+    landmarks: np.ndarray   # [33, 2] frame pixels
+    visibility: np.ndarray  # [33] probability
+    presence: np.ndarray    # [33] probability
+    flag: float             # person present in the ROI
+    rect: R.Rect            # the ROI the landmarks came from
+    next_rect: R.Rect       # ROI for the next frame (from the auxiliary landmarks)
+
+
+class PoseDetector:
+    """Finds people in a whole frame; returns pose ROIs, most confident first."""
+
+    def __init__(self, path: str, num_threads: int | None = None):
+        self.model = TFLiteModel(path, num_threads)
+        self.anchors = ssd.anchor_centres(ssd.POSE_DETECTOR)
+
+    def __call__(self, image: np.ndarray) -> list[tuple[float, R.Rect]]:
+        h, w = image.shape[:2]
+        frame = R.letterbox_rect(h, w)
+        boxes, scores = self.model(R.crop(image, frame, DETECTOR_SIZE, (-1.0, 1.0), border="zero"))[:2]
+        found = ssd.decode(boxes[0], scores[0], self.anchors, ssd.POSE_DETECTOR)
+        out = []
+        for det in sorted(found, key=lambda d: -d.score):
+            kps = R.project_to_frame(det.keypoints * DETECTOR_SIZE, frame, DETECTOR_SIZE)
+            out.append((det.score, alignment_roi(kps[0], kps[1])))
+        return out
+
+
+def alignment_roi(centre: np.ndarray, scale_point: np.ndarray) -> R.Rect:
+    """Pose ROI from the mid-hip point and the point that bounds the whole body."""
+    return R.transform_rect(R.alignment_rect(centre, scale_point, 90.0), ROI_SCALE)
+
+
+def refine_from_heatmap(xy: np.ndarray, heatmap: np.ndarray, kernel: int = HEATMAP_KERNEL,
+                        min_confidence: float = HEATMAP_MIN_CONFIDENCE) -> np.ndarray:
+    """Score-weighted mean of heatmap cells around each landmark ([N, 2] crop px in and out)."""
+    hm_h, hm_w, n = heatmap.shape
+    cell_x, cell_y = LANDMARK_SIZE / hm_w, LANDMARK_SIZE / hm_h
+    out = xy.copy()
+    half = (kernel - 1) // 2
+    for i in range(min(n, len(xy))):
+        col, row = int(np.floor(xy[i, 0] / cell_x)), int(np.floor(xy[i, 1] / cell_y))
+        if not (0 <= col < hm_w and 0 <= row < hm_h):
+            continue
+        r0, r1 = max(0, row - half), min(hm_h, row + half + 1)
+        c0, c1 = max(0, col - half), min(hm_w, col + half + 1)
+        conf = sigmoid(heatmap[r0:r1, c0:c1, i])
+        total = conf.sum()
+        if conf.max() < min_confidence or total <= 0:
+            continue
+        rows, cols = np.mgrid[r0:r1, c0:c1]
+        # MediaPipe weights cell indices (not centres); the half-cell shift is part of the trained decode
+        out[i, 0] = (cols * conf).sum() / total * cell_x
+        out[i, 1] = (rows * conf).sum() / total * cell_y
+    return out
+
+
+class PoseLandmarker:
+    """Runs pose_landmark_full on one ROI of a frame."""
+
+    def __init__(self, path: str, num_threads: int | None = None, refine: bool = True):
+        self.model = TFLiteModel(path, num_threads)
+        self.refine = refine
+
+    def __call__(self, image: np.ndarray, rect: R.Rect) -> BodyResult:
+        outputs = self.model(R.crop(image, rect, LANDMARK_SIZE))
+        raw = outputs[0].reshape(-1, 5)
+        flag = float(np.asarray(outputs[1]).reshape(-1)[0])
+        xy = raw[:, :2].astype(np.float64)
+        if self.refine:
+            xy = refine_from_heatmap(xy, outputs[3][0])
+        pts = R.project_to_frame(xy, rect, LANDMARK_SIZE)
+        return BodyResult(landmarks=pts[:NUM_LANDMARKS], visibility=sigmoid(raw[:NUM_LANDMARKS, 3]),
+                          presence=sigmoid(raw[:NUM_LANDMARKS, 4]), flag=flag, rect=rect,
+                          next_rect=alignment_roi(pts[NUM_LANDMARKS], pts[NUM_LANDMARKS + 1]))
+
+
+class BodyTracker:
+    """Detector + landmarks with MediaPipe's video-mode ROI reuse.
+
+    With tracking, the ROI comes from the previous frame's auxiliary landmarks; when the
+    landmark model then reports no person, the detector runs on the same frame instead.
+    """
+
+    def __init__(self, detector: PoseDetector, landmarker: PoseLandmarker):
+        self.detector, self.landmarker = detector, landmarker
+        self.previous: R.Rect | None = None
+
+    def reset(self) -> None:
+        self.previous = None
+
+    def __call__(self, image: np.ndarray, track: bool = True) -> BodyResult | None:
+        if track and self.previous is not None:
+            result = self.landmarker(image, self.previous)
+            if result.flag >= PRESENCE_THRESHOLD:
+                self.previous = result.next_rect
+                return result
+        self.previous = None
+        found = self.detector(image)
+        if not found:
+            return None
+        result = self.landmarker(image, found[0][1])
+        if result.flag < PRESENCE_THRESHOLD:
+            return None
+        self.previous = result.next_rect if track else None
+        return result

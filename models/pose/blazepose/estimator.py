@@ -1,0 +1,127 @@
+"""The embedded pose backend: BlazePose body + hands + face mesh → OpenPose-layout PoseFrames."""
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+import numpy as np
+
+from ...errors import MarionetteError
+from ..types import FACE, HAND, PoseFrame, empty_frame
+from . import roi as R
+from .body import BodyResult, BodyTracker, PoseDetector, PoseLandmarker
+from .face import FaceLandmarker
+from .hands import WRIST_VISIBILITY, HandLandmarker
+from .layout import LEFT_HAND_POINTS, RIGHT_HAND_POINTS, body18
+
+POSE_DETECTION = "pose_detection.tflite"
+POSE_LANDMARK = "pose_landmark_full.tflite"
+HAND_RECROP = "hand_recrop.tflite"
+HAND_LANDMARK = "hand_landmark_full.tflite"
+FACE_LANDMARK = "face_landmark.tflite"
+MODEL_FILES = (POSE_DETECTION, POSE_LANDMARK, HAND_RECROP, HAND_LANDMARK, FACE_LANDMARK)
+
+
+def required_files(hands: bool = True, face: bool = True) -> tuple[str, ...]:
+    """The .tflite files an estimator with these options loads."""
+    return ((POSE_DETECTION, POSE_LANDMARK) + ((HAND_RECROP, HAND_LANDMARK) if hands else ())
+            + ((FACE_LANDMARK,) if face else ()))
+
+
+def check_frames(frames: np.ndarray) -> None:
+    if not isinstance(frames, np.ndarray) or frames.dtype != np.uint8:
+        raise MarionetteError("The pose estimator needs frames as a uint8 numpy array.",
+                              "Convert the IMAGE batch to uint8 RGB [B, H, W, 3] first.")
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[1] < 1 or frames.shape[2] < 1:
+        raise MarionetteError(f"The pose estimator needs RGB frames shaped [B, H, W, 3], got {frames.shape}.",
+                              "Pass a batch of RGB images (drop alpha, add a batch axis).")
+
+
+def _points(xy: np.ndarray, score: float | np.ndarray, count: int) -> np.ndarray:
+    out = np.zeros((count, 3), np.float32)
+    out[:, :2] = xy
+    out[:, 2] = score
+    return out
+
+
+class BlazePoseEstimator:
+    """One person per frame (the detector's most confident), in frame pixels, OpenPose layout.
+
+    Scores: body = landmark visibility (0 for points outside the frame); each hand = the hand
+    flag, 0 when the hand is not found or its ROI centre is off-frame; face = the face flag.
+    With `track=True` each frame reuses the ROIs built from the previous frame's landmarks
+    (MediaPipe's video mode) and falls back to the detector when the person is lost.
+    """
+
+    def __init__(self, model_dir: str, hands: bool = True, face: bool = True, num_threads: int | None = None):
+        missing = [f for f in required_files(hands, face) if not os.path.isfile(os.path.join(model_dir, f))]
+        if missing:
+            raise MarionetteError(f"MediaPipe model file(s) missing in {model_dir}: {', '.join(missing)}.",
+                                  "Copy them from the mediapipe==0.10.14 wheel (mediapipe/modules/...) "
+                                  "into ComfyUI/models/mediapipe.")
+        path = lambda name: os.path.join(model_dir, name)  # noqa: E731
+        self.body = BodyTracker(PoseDetector(path(POSE_DETECTION), num_threads),
+                                PoseLandmarker(path(POSE_LANDMARK), num_threads))
+        self.hands = None
+        if hands:
+            self.hands = (HandLandmarker(path(HAND_RECROP), path(HAND_LANDMARK), num_threads),
+                          HandLandmarker(path(HAND_RECROP), path(HAND_LANDMARK), num_threads))
+        self.face = FaceLandmarker(path(FACE_LANDMARK), num_threads) if face else None
+
+    def reset(self) -> None:
+        """Forgets the tracked ROIs (a new video starts)."""
+        self.body.reset()
+        for part in (self.hands or ()) + ((self.face,) if self.face else ()):
+            part.reset()
+
+    def __call__(self, frames: np.ndarray, on_progress: Callable[[int, int], None] | None = None,
+                 track: bool = True) -> list[PoseFrame]:
+        check_frames(frames)
+        self.reset()
+        out = []
+        for i, frame in enumerate(frames):
+            out.append(self.frame(np.ascontiguousarray(frame), track))
+            if on_progress is not None:
+                on_progress(i + 1, len(frames))
+        self.reset()
+        return out
+
+    def frame(self, image: np.ndarray, track: bool = True) -> PoseFrame:
+        """One RGB uint8 frame [H, W, 3] → PoseFrame with 0 or 1 person."""
+        h, w = image.shape[:2]
+        person = self.body(image, track)
+        if person is None:
+            self.reset()
+            return empty_frame(w, h)
+        result = empty_frame(w, h, people=1)
+        result.body[0] = body18(person.landmarks, self.body_scores(person, h, w))
+        if self.hands is not None:
+            for tracker, points, target in ((self.hands[0], LEFT_HAND_POINTS, result.left_hand),
+                                            (self.hands[1], RIGHT_HAND_POINTS, result.right_hand)):
+                target[0] = self.hand(tracker, image, person, points, track)
+        if self.face is not None:
+            found = self.face(image, person.landmarks, track)
+            if found is not None:
+                result.face[0] = _points(found.ibug68, found.presence, FACE)
+        return result
+
+    @staticmethod
+    def body_scores(person: BodyResult, h: int, w: int) -> np.ndarray:
+        xy = person.landmarks
+        inside = (xy[:, 0] >= 0) & (xy[:, 0] <= w) & (xy[:, 1] >= 0) & (xy[:, 1] <= h)
+        return np.where(inside, person.visibility, 0.0)
+
+    @staticmethod
+    def hand(tracker: HandLandmarker, image: np.ndarray, person: BodyResult, points: tuple[int, int, int],
+             track: bool) -> np.ndarray:
+        wrist, pinky, index = (person.landmarks[k] for k in points)
+        h, w = image.shape[:2]
+        coarse_centre = (2.0 * index + pinky) / 3.0
+        if person.visibility[points[0]] <= WRIST_VISIBILITY or not R.rect_inside_frame(
+                R.Rect(float(coarse_centre[0]), float(coarse_centre[1]), 0.0, 0.0), h, w):
+            tracker.reset()
+            return np.zeros((HAND, 3), np.float32)
+        found = tracker(image, wrist, pinky, index, track)
+        if found is None or not R.rect_inside_frame(found.rect, h, w):
+            return np.zeros((HAND, 3), np.float32)
+        return _points(found.landmarks, found.presence, HAND)
