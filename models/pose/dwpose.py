@@ -12,6 +12,8 @@ arithmetic, so the skeletons match what those pose-guided models were trained on
 - pose: box centre/scale x1.25, widened to the model's 288:384 aspect, rotation-free affine warp
   (cv2), ImageNet mean/std on RGB, SimCC argmax / 2, score = min of the x and y maxima, mapped
   back through the box.
+Both models get the RGB frame unchanged, as in those pipelines (YOLOX itself was trained on
+BGR, but matching the released pipeline is what keeps the skeletons on their distribution).
 Unlike MimicMotion (which then runs the pose model on the whole frame), a frame without a
 detected person yields no people, as in comfyui_controlnet_aux.
 """
@@ -263,7 +265,7 @@ class DWPoseDetector:
 
     # -- model runs
 
-    def _run(self, session, name: str, dtype, batch: np.ndarray, batched: bool) -> list[list[np.ndarray]]:
+    def _run(self, session, name: str, dtype, batch: np.ndarray, batched: bool) -> list[np.ndarray]:
         """Runs a [N,...] input as sub-batches (dynamic batch) or one item at a time; outputs per output."""
         step = self.max_batch if batched else 1
         runs = [session.run(None, {name: batch[i:i + step].astype(dtype, copy=False)})
