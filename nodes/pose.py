@@ -26,10 +26,10 @@ _estimators: dict = {}  # loaded once per configuration; ONNX/TFLite sessions ar
 
 
 def _embedded(hands: bool, face: bool):
-    from ..models.pose.blazepose import MODEL_FILES, BlazePoseEstimator
+    from ..models.pose.blazepose import BlazePoseEstimator, required_files
     key = ("embedded", hands, face)
     if key not in _estimators:
-        _estimators[key] = BlazePoseEstimator(mediapipe_dir(MODEL_FILES), hands=hands, face=face)
+        _estimators[key] = BlazePoseEstimator(mediapipe_dir(required_files(hands, face)), hands=hands, face=face)
     return _estimators[key]
 
 
