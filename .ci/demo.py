@@ -23,7 +23,7 @@ def main(out_dir: str) -> int:
     t0 = time.time()
     print("rendering the synthetic reference photo and driving clip (Anny body model)…", flush=True)
     media = {"reference": render_reference(width=512, height=768, seed=7),
-             "driving": render_driving_clip(num_frames=24, width=512, height=512, seed=3)}
+             "driving": render_driving_clip(frames=24, width=512, height=512, seed=3)}
     host = ComfyHost.get()
     write_media(host.input_dir, media)
     with open(os.path.join(ROOT, "workflows", "pose_extraction.json")) as f:

@@ -37,7 +37,7 @@ def synthetic():
     """A synthetic reference photo and a driving clip (Anny renders with ground-truth joints)."""
     from marionette.models.synthetic.clip import render_driving_clip, render_reference
     return {"reference": render_reference(width=384, height=576, seed=1),
-            "driving": render_driving_clip(num_frames=8, width=384, height=384, seed=2)}
+            "driving": render_driving_clip(frames=8, width=384, height=384, seed=2)}
 
 
 @pytest.fixture(scope="session")
