@@ -47,7 +47,10 @@ class PoseAlign:
             background = np.zeros((ref.height, ref.width, 3), np.uint8)
         overlay = np.stack([overlay_preview(background, ref, a, d) for a, d in zip(aligned, driving)])
         ui = preview_ui(overlay, prefix="marionette_align")
-        ui["marionette_fit"] = [{"ax": float(fit.ax), "ay": float(fit.ay), "bx": float(fit.bx), "by": float(fit.by),
-                                 "frames": len(fit.used_frames), "keypoints": [int(i) for i in fit.used_ids]}]
+        (rw, rh), (dw, dh) = (ref.width, ref.height), (driving[fit.used_frames[0]].width,
+                                                        driving[fit.used_frames[0]].height)
+        ui["marionette_fit"] = [{"scale_px": [fit.ax * rw / dw, fit.ay * rh / dh], "residual_px": fit.residual,
+                                 "frames": len(fit.used_frames), "keypoints": len(fit.used_ids),
+                                 "summary": fit.describe()}]
         return {"ui": ui, "result": (frames_to_pose_keypoint(aligned), to_image_tensor(skeleton),
                                      to_image_tensor(overlay))}

@@ -60,3 +60,14 @@ def artifacts_dir():
     path = os.environ.get("MARIONETTE_ARTIFACTS") or str(ROOT / "test-artifacts")
     os.makedirs(path, exist_ok=True)
     return path
+
+
+TIER_LAST = ("test_server.py", "test_browser.py")  # the browser's event loop must not precede in-process host runs
+
+
+def pytest_collection_modifyitems(items):
+    """Runs the tiers in order: library units, in-process host, server, browser."""
+    def tier(item):
+        name = item.path.name
+        return TIER_LAST.index(name) + 2 if name in TIER_LAST else int(name == "test_host.py")
+    items.sort(key=tier)

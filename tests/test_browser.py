@@ -13,7 +13,7 @@ WORKFLOWS = sorted(glob.glob(str(ROOT / "workflows" / "*.json")))
 
 
 @pytest.fixture(scope="module")
-def page(comfy_server, synthetic):
+def page(comfy_server, comfy_host, synthetic):
     write_media(os.path.join(comfy_server.base, "input"), synthetic)
     from harness.browser import frontend
     with frontend(comfy_server, OUR_NODES) as (page, console):

@@ -12,8 +12,9 @@ function statusText(message) {
   }
   if (message.marionette_fit) {
     const f = message.marionette_fit[0];
-    return `fit: scale ${f.ay.toFixed(3)}×${f.ax.toFixed(3)}, shift ${f.bx.toFixed(3)}, ${f.by.toFixed(3)} ` +
-      `(${f.keypoints.length} keypoints, ${f.frames} frames)`;
+    const [sx, sy] = f.scale_px;
+    return `driving body scaled ×${sx.toFixed(2)} (x) ×${sy.toFixed(2)} (y) in pixels; ` +
+      `${f.keypoints} keypoints, ${f.frames} frames, residual ${f.residual_px.toFixed(1)} px`;
   }
   if (message.marionette_reference) {
     const r = message.marionette_reference[0];
@@ -47,8 +48,10 @@ app.registerExtension({
     nodeType.prototype.onExecuted = function (message) {
       onExecuted?.apply(this, arguments);
       const text = statusText(message || {});
-      if (text) showStatus(this, text);
-      window.__marionette.lastStatus = text;
+      if (text) {
+        showStatus(this, text);
+        window.__marionette.lastStatus = text;
+      }
     };
     const onNodeCreated = nodeType.prototype.onNodeCreated;
     nodeType.prototype.onNodeCreated = function () {
