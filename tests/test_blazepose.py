@@ -21,6 +21,7 @@ from marionette.models.pose.blazepose import face as F
 from marionette.models.pose.blazepose import hands as Hd
 from marionette.models.pose.blazepose import layout as L
 from marionette.models.pose.blazepose import roi as R
+from marionette.models.pose.blazepose.runner import load_model
 from marionette.models.pose.types import OPENPOSE_BODY
 from marionette.models.vision import ssd
 
@@ -128,15 +129,28 @@ def test_hand_rect_from_pose_points_up_the_hand():
     assert rect.cy < 80.0  # shifted towards the fingers
 
 
+def test_hand_tracking_rect_from_landmarks():
+    """An upright open hand: the ROI is unrotated, centred above the wrist, and holds every point."""
+    xs = np.array([0, -30, -35, -38, -40, -15, -15, -15, -15, 0, 0, 0, 0, 15, 15, 15, 15, 28, 30, 31, 32], float)
+    ys = np.array([0, -10, -25, -38, -48, -40, -60, -72, -82, -42, -64, -77, -88, -40, -60, -72, -81, -36, -52,
+                   -62, -70], float)
+    lms = np.stack([xs + 200, ys + 300], 1)
+    rect = Hd.rect_from_landmarks(lms)
+    assert rect.angle == pytest.approx(0.0, abs=1e-6)
+    assert rect.cx == pytest.approx(200.0, abs=5) and rect.cy < 300 - 20
+    local = R.project_to_crop(lms, rect, 224)
+    assert (local > 0).all() and (local < 224).all()
+
+
 def test_tracking_consistency_rules():
     rect = R.Rect(50.0, 50.0, 40.0, 40.0, 0.0)
     lms = np.array([[45.0, 45.0], [55.0, 55.0]])
-    assert Hd.tracking_consistent(rect, lms, rect, 40, 0.2, 0.4, -0.1)
+    assert R.tracking_consistent(rect, lms, rect, 40, 0.2, 0.4, -0.1)
     moved = R.Rect(60.0, 50.0, 40.0, 40.0, 0.0)
-    assert not Hd.tracking_consistent(moved, lms, rect, 40, 0.2, 0.4, -0.1)
+    assert not R.tracking_consistent(moved, lms, rect, 40, 0.2, 0.4, -0.1)
     turned = R.Rect(50.0, 50.0, 40.0, 40.0, math.radians(50))
-    assert not Hd.tracking_consistent(turned, lms, rect, 40, 0.2, 0.4, -0.1)
-    assert not Hd.tracking_consistent(rect, np.array([[69.0, 50.0]]), rect, 40, 0.2, 0.4, -0.1)
+    assert not R.tracking_consistent(turned, lms, rect, 40, 0.2, 0.4, -0.1)
+    assert not R.tracking_consistent(rect, np.array([[69.0, 50.0]]), rect, 40, 0.2, 0.4, -0.1)
 
 
 def test_heatmap_refinement_moves_to_the_weighted_peak():
@@ -191,6 +205,12 @@ def test_missing_model_file_is_named(tmp_path):
     with pytest.raises(MarionetteError, match="pose_landmark_full.tflite"):
         BlazePoseEstimator(str(tmp_path))
     assert set(required_files(hands=False, face=False)) < set(MODEL_FILES)
+
+
+@needs_models
+def test_a_wrong_model_file_is_refused():
+    with pytest.raises(MarionetteError, match="face_landmark.tflite is not the expected"):
+        load_model(os.path.join(MODEL_DIR, "face_landmark.tflite"), 256, 5)
 
 
 @needs_models

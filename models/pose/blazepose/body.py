@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...vision import ssd
-from ...vision.tflite import TFLiteModel
 from . import roi as R
+from .runner import load_model
 
 DETECTOR_SIZE = 224
 LANDMARK_SIZE = 256
@@ -48,7 +48,7 @@ class PoseDetector:
     """Finds people in a whole frame; returns pose ROIs, most confident first."""
 
     def __init__(self, path: str, num_threads: int | None = None):
-        self.model = TFLiteModel(path, num_threads)
+        self.model = load_model(path, DETECTOR_SIZE, 2, num_threads)
         self.anchors = ssd.anchor_centres(ssd.POSE_DETECTOR)
 
     def __call__(self, image: np.ndarray) -> list[tuple[float, R.Rect]]:
@@ -96,7 +96,7 @@ class PoseLandmarker:
     """Runs pose_landmark_full on one ROI of a frame."""
 
     def __init__(self, path: str, num_threads: int | None = None, refine: bool = True):
-        self.model = TFLiteModel(path, num_threads)
+        self.model = load_model(path, LANDMARK_SIZE, 5, num_threads)
         self.refine = refine
 
     def __call__(self, image: np.ndarray, rect: R.Rect) -> BodyResult:

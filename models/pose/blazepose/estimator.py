@@ -116,12 +116,11 @@ class BlazePoseEstimator:
              track: bool) -> np.ndarray:
         wrist, pinky, index = (person.landmarks[k] for k in points)
         h, w = image.shape[:2]
-        coarse_centre = (2.0 * index + pinky) / 3.0
-        if person.visibility[points[0]] <= WRIST_VISIBILITY or not R.rect_inside_frame(
-                R.Rect(float(coarse_centre[0]), float(coarse_centre[1]), 0.0, 0.0), h, w):
+        palm_centre = (2.0 * index + pinky) / 3.0
+        if person.visibility[points[0]] <= WRIST_VISIBILITY or not R.inside_frame(palm_centre, h, w):
             tracker.reset()
             return np.zeros((HAND, 3), np.float32)
         found = tracker(image, wrist, pinky, index, track)
-        if found is None or not R.rect_inside_frame(found.rect, h, w):
+        if found is None or not R.inside_frame(found.rect.centre, h, w):
             return np.zeros((HAND, 3), np.float32)
         return _points(found.landmarks, found.presence, HAND)

@@ -18,10 +18,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ...vision.tflite import TFLiteModel
 from . import roi as R
 from .body import sigmoid
-from .hands import tracking_consistent
+from .runner import load_model
 
 LANDMARK_SIZE = 192
 NUM_LANDMARKS = 468
@@ -93,7 +92,7 @@ class FaceLandmarker:
     """face_landmark on a pose-derived ROI, refined once from its own mesh; tracks between frames."""
 
     def __init__(self, path: str, num_threads: int | None = None):
-        self.model = TFLiteModel(path, num_threads)
+        self.model = load_model(path, LANDMARK_SIZE, 2, num_threads)
         self.previous: np.ndarray | None = None
 
     def reset(self) -> None:
@@ -110,7 +109,7 @@ class FaceLandmarker:
         result = None
         if track and self.previous is not None:
             tracked = rect_from_mesh(self.previous)
-            if tracking_consistent(tracked, self.previous, from_pose, TRACK_ROTATION_DEG, TRACK_TRANSLATION,
+            if R.tracking_consistent(tracked, self.previous, from_pose, TRACK_ROTATION_DEG, TRACK_TRANSLATION,
                                    TRACK_SCALE, TRACK_MARGIN):
                 result = self.mesh(image, tracked)
         if result is None or result.presence < PRESENCE_THRESHOLD:

@@ -17,13 +17,12 @@ pose_to_recrop_roi, hand_recrop_by_roi, hand_tracking, hand_landmarks_to_roi, ha
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
-from ...vision.tflite import TFLiteModel
 from . import roi as R
+from .runner import load_model
 
 RECROP_SIZE = 256
 LANDMARK_SIZE = 224
@@ -63,32 +62,12 @@ def rect_from_landmarks(landmarks: np.ndarray) -> R.Rect:
     return R.transform_rect(tight, 2.0, shift_y=-0.1)
 
 
-def _in_rotated_frame(points: np.ndarray, angle: float) -> np.ndarray:
-    c, s = math.cos(-angle), math.sin(-angle)
-    return np.stack([points[..., 0] * c - points[..., 1] * s, points[..., 0] * s + points[..., 1] * c], -1)
-
-
-def tracking_consistent(previous: R.Rect, landmarks: np.ndarray, recrop: R.Rect, rotation_deg: float,
-                        translation: float, scale: float, margin: float) -> bool:
-    """RoiTracking's test: keep the previous ROI while it agrees with this frame's recrop ROI."""
-    diff = math.degrees(R.normalize_radians(previous.angle - recrop.angle))
-    (px, py), (qx, qy) = _in_rotated_frame(np.array([previous.centre, recrop.centre]), recrop.angle)
-    if (abs(diff) > rotation_deg or abs(px - qx) > recrop.width * translation
-            or abs(py - qy) > recrop.height * translation
-            or abs(previous.width - recrop.width) > recrop.width * scale
-            or abs(previous.height - recrop.height) > recrop.height * scale):
-        return False
-    local = _in_rotated_frame(landmarks, recrop.angle)
-    half = np.array([recrop.width, recrop.height]) * (1.0 + margin) / 2.0
-    return bool(np.all(np.abs(local - np.array([qx, qy])) < half))
-
-
 class HandLandmarker:
     """hand_recrop + hand_landmark_full for one hand, with landmark tracking between frames."""
 
     def __init__(self, recrop_path: str, landmark_path: str, num_threads: int | None = None):
-        self.recrop = TFLiteModel(recrop_path, num_threads)
-        self.model = TFLiteModel(landmark_path, num_threads)
+        self.recrop = load_model(recrop_path, RECROP_SIZE, 1, num_threads)
+        self.model = load_model(landmark_path, LANDMARK_SIZE, 4, num_threads)
         self.previous: np.ndarray | None = None  # last frame's landmarks
 
     def reset(self) -> None:
@@ -111,7 +90,7 @@ class HandLandmarker:
         rect = recrop
         if track and self.previous is not None:
             tracked = rect_from_landmarks(self.previous)
-            if tracking_consistent(tracked, self.previous, recrop, TRACK_ROTATION_DEG, TRACK_TRANSLATION,
+            if R.tracking_consistent(tracked, self.previous, recrop, TRACK_ROTATION_DEG, TRACK_TRANSLATION,
                                    TRACK_SCALE, TRACK_MARGIN):
                 rect = tracked
         result = self.landmarks(image, rect)

@@ -116,6 +116,26 @@ def letterbox_rect(height: int, width: int) -> Rect:
     return Rect(width / 2.0, height / 2.0, side, side, 0.0)
 
 
-def rect_inside_frame(rect: Rect, height: int, width: int) -> bool:
-    """True when the rect's centre lies inside the frame."""
-    return 0.0 <= rect.cx <= width and 0.0 <= rect.cy <= height
+def inside_frame(point: np.ndarray, height: int, width: int) -> bool:
+    """True when a point (continuous pixel coordinates) lies inside the frame."""
+    return bool(0.0 <= point[0] <= width and 0.0 <= point[1] <= height)
+
+
+def _in_rotated_frame(points: np.ndarray, angle: float) -> np.ndarray:
+    c, s = math.cos(-angle), math.sin(-angle)
+    return np.stack([points[..., 0] * c - points[..., 1] * s, points[..., 0] * s + points[..., 1] * c], -1)
+
+
+def tracking_consistent(previous: Rect, landmarks: np.ndarray, recrop: Rect, rotation_deg: float,
+                        translation: float, scale: float, margin: float) -> bool:
+    """RoiTracking's test: keep the previous ROI while it agrees with this frame's recrop ROI."""
+    diff = math.degrees(normalize_radians(previous.angle - recrop.angle))
+    (px, py), (qx, qy) = _in_rotated_frame(np.array([previous.centre, recrop.centre]), recrop.angle)
+    if (abs(diff) > rotation_deg or abs(px - qx) > recrop.width * translation
+            or abs(py - qy) > recrop.height * translation
+            or abs(previous.width - recrop.width) > recrop.width * scale
+            or abs(previous.height - recrop.height) > recrop.height * scale):
+        return False
+    local = _in_rotated_frame(landmarks, recrop.angle)
+    half = np.array([recrop.width, recrop.height]) * (1.0 + margin) / 2.0
+    return bool(np.all(np.abs(local - np.array([qx, qy])) < half))
