@@ -288,6 +288,35 @@ def test_no_person_gives_empty_frames(estimator, shape):
     assert all(f.num_people == 0 and (f.width, f.height) == (shape[2], shape[1]) for f in frames)
 
 
+def test_search_windows_cover_the_frame_with_overlap():
+    for h, w, side in ((360, 640, 360.0), (360, 640, 180.0), (301, 199, 99.5), (100, 100, 200.0)):
+        windows = B.search_windows(h, w, side)
+        xs = sorted({r.cx for r in windows})
+        ys = sorted({r.cy for r in windows})
+        assert len(windows) == len(xs) * len(ys)
+        assert all(r.width == r.height == side for r in windows)
+        for centres, length in ((xs, w), (ys, h)):
+            assert centres[0] - side / 2 <= 0 and centres[-1] + side / 2 >= length
+            assert all(b - a <= side * 2 / 3 + 1e-9 for a, b in zip(centres, centres[1:]))
+
+
+@needs_models
+def test_small_person_is_found_by_the_window_search(person):
+    img, gt = person
+    canvas = np.empty((600, 600, 3), np.uint8)
+    canvas[:] = img[5, 5]  # the wall colour
+    small = cv2.resize(img, (100, 128), interpolation=cv2.INTER_AREA)  # about 18 % of the frame height
+    canvas[400:528, 60:160] = small
+    plain = BlazePoseEstimator(MODEL_DIR, hands=False, face=False, num_threads=1, zoom=False)
+    zoomed = BlazePoseEstimator(MODEL_DIR, hands=False, face=False, num_threads=1)
+    assert plain(canvas[None])[0].num_people == 0
+    (frame,) = zoomed(canvas[None])
+    assert frame.num_people == 1
+    expected = np.array(gt["body18"]) * [100 / 199, 128 / 255] + [60, 400]
+    err = np.linalg.norm(frame.body[0, :14, :2] - expected[:14], axis=1)
+    assert err.max() < 0.1 * 128 and err.mean() < 0.04 * 128
+
+
 @needs_models
 def test_letterbox_padding_moves_points_by_the_padding(estimator, person):
     img, gt = person

@@ -28,6 +28,7 @@ ROI_SCALE = 1.25
 PRESENCE_THRESHOLD = 0.5
 HEATMAP_KERNEL = 7
 HEATMAP_MIN_CONFIDENCE = 0.5
+MIN_SEARCH_WINDOW = 96  # pixels; people found in smaller windows are too small to get landmarks
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -44,23 +45,51 @@ class BodyResult:
     next_rect: R.Rect       # ROI for the next frame (from the auxiliary landmarks)
 
 
-class PoseDetector:
-    """Finds people in a whole frame; returns pose ROIs, most confident first."""
+def search_windows(height: int, width: int, side: float) -> list[R.Rect]:
+    """Square windows of `side` covering the frame, neighbours overlapping by at least a third."""
+    def starts(length: float) -> np.ndarray:
+        if length <= side:
+            return np.array([(length - side) / 2.0])
+        return np.linspace(0.0, length - side, int(np.ceil((length - side) / (side * 2 / 3))) + 1)
+    return [R.Rect(x + side / 2, y + side / 2, side, side) for y in starts(height) for x in starts(width)]
 
-    def __init__(self, path: str, num_threads: int | None = None):
+
+class PoseDetector:
+    """Finds people in a frame; returns pose ROIs, most confident first.
+
+    The detector only sees people taller than about 30 % of its letterboxed input. MediaPipe stops
+    there; when the whole frame gives nothing, this also searches square windows of the short
+    side (a full-body person in a landscape video) and then of half of it (a person far away).
+    """
+
+    def __init__(self, path: str, num_threads: int | None = None, zoom: bool = True):
         self.model = load_model(path, DETECTOR_SIZE, 2, num_threads)
         self.anchors = ssd.anchor_centres(ssd.POSE_DETECTOR)
+        self.zoom = zoom
+
+    def detect(self, image: np.ndarray, window: R.Rect) -> list[tuple[float, R.Rect]]:
+        """Detections inside one square window of the frame (zero padding outside the frame)."""
+        boxes, scores = self.model(R.crop(image, window, DETECTOR_SIZE, (-1.0, 1.0), border="zero"))[:2]
+        out = []
+        for det in ssd.decode(boxes[0], scores[0], self.anchors, ssd.POSE_DETECTOR):
+            kps = R.project_to_frame(det.keypoints * DETECTOR_SIZE, window, DETECTOR_SIZE)
+            out.append((det.score, alignment_roi(kps[0], kps[1])))
+        return out
 
     def __call__(self, image: np.ndarray) -> list[tuple[float, R.Rect]]:
         h, w = image.shape[:2]
-        frame = R.letterbox_rect(h, w)
-        boxes, scores = self.model(R.crop(image, frame, DETECTOR_SIZE, (-1.0, 1.0), border="zero"))[:2]
-        found = ssd.decode(boxes[0], scores[0], self.anchors, ssd.POSE_DETECTOR)
-        out = []
-        for det in sorted(found, key=lambda d: -d.score):
-            kps = R.project_to_frame(det.keypoints * DETECTOR_SIZE, frame, DETECTOR_SIZE)
-            out.append((det.score, alignment_roi(kps[0], kps[1])))
-        return out
+        levels = [[R.letterbox_rect(h, w)]]
+        if self.zoom:
+            short = float(min(h, w))
+            if max(h, w) > 1.2 * short and short >= MIN_SEARCH_WINDOW:
+                levels.append(search_windows(h, w, short))
+            if short / 2 >= MIN_SEARCH_WINDOW:
+                levels.append(search_windows(h, w, short / 2))
+        for windows in levels:
+            found = [d for window in windows for d in self.detect(image, window)]
+            if found:
+                return sorted(found, key=lambda d: -d[0])
+        return []
 
 
 def alignment_roi(centre: np.ndarray, scale_point: np.ndarray) -> R.Rect:
