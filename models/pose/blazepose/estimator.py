@@ -65,10 +65,7 @@ class BlazePoseEstimator:
         path = lambda name: os.path.join(model_dir, name)  # noqa: E731
         self.body = BodyTracker(PoseDetector(path(POSE_DETECTION), num_threads, zoom=zoom),
                                 PoseLandmarker(path(POSE_LANDMARK), num_threads))
-        self.hands = None
-        if hands:
-            self.hands = (HandLandmarker(path(HAND_RECROP), path(HAND_LANDMARK), num_threads),
-                          HandLandmarker(path(HAND_RECROP), path(HAND_LANDMARK), num_threads))
+        self.hands = HandLandmarker.pair(path(HAND_RECROP), path(HAND_LANDMARK), num_threads) if hands else None
         self.face = FaceLandmarker(path(FACE_LANDMARK), num_threads) if face else None
 
     def reset(self) -> None:

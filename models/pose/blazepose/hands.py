@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ...vision.tflite import TFLiteModel
 from . import roi as R
 from .runner import load_model
 
@@ -65,10 +66,17 @@ def rect_from_landmarks(landmarks: np.ndarray) -> R.Rect:
 class HandLandmarker:
     """hand_recrop + hand_landmark_full for one hand, with landmark tracking between frames."""
 
-    def __init__(self, recrop_path: str, landmark_path: str, num_threads: int | None = None):
-        self.recrop = load_model(recrop_path, RECROP_SIZE, 1, num_threads)
-        self.model = load_model(landmark_path, LANDMARK_SIZE, 4, num_threads)
+    def __init__(self, recrop: TFLiteModel, model: TFLiteModel):
+        self.recrop, self.model = recrop, model  # both hands share the loaded models
         self.previous: np.ndarray | None = None  # last frame's landmarks
+
+    @classmethod
+    def pair(cls, recrop_path: str, landmark_path: str,
+             num_threads: int | None = None) -> tuple["HandLandmarker", "HandLandmarker"]:
+        """Trackers for the left and the right hand over one copy of the models."""
+        recrop = load_model(recrop_path, RECROP_SIZE, 1, num_threads)
+        model = load_model(landmark_path, LANDMARK_SIZE, 4, num_threads)
+        return cls(recrop, model), cls(recrop, model)
 
     def reset(self) -> None:
         self.previous = None
