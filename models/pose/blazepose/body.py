@@ -115,7 +115,7 @@ def refine_from_heatmap(xy: np.ndarray, heatmap: np.ndarray, kernel: int = HEATM
         if conf.max() < min_confidence or total <= 0:
             continue
         rows, cols = np.mgrid[r0:r1, c0:c1]
-        # MediaPipe weights cell indices (not centres); the half-cell shift is part of the trained decode
+        # MediaPipe weights cell indices, not cell centres; on our renders adding the half cell made errors larger
         out[i, 0] = (cols * conf).sum() / total * cell_x
         out[i, 1] = (rows * conf).sum() / total * cell_y
     return out
