@@ -231,6 +231,9 @@ def _pose_tensor(body: BodyModel, poses: list[dict[str, np.ndarray]]):
     return torch.as_tensor(mats, dtype=body.model.dtype)
 
 
+CHUNK = 32
+
+
 def pose_actor(phenotype: Phenotype, poses: list[dict[str, np.ndarray]], ground: bool = True) -> ActorPoses:
     """Posed vertices and COCO keypoints for each frame's bone rotations.
 
@@ -241,11 +244,14 @@ def pose_actor(phenotype: Phenotype, poses: list[dict[str, np.ndarray]], ground:
         raise MarionetteError("No frames to pose.", "Pass at least one pose.")
     body = body_model()
     torch = body.torch
+    verts, kps = [], []
     with torch.no_grad():
-        out = body.model(pose_parameters=_pose_tensor(body, poses), phenotype_kwargs=phenotype.kwargs())
-        keypoints = body.regressor(out)
-    verts = out["vertices"].cpu().numpy()
-    kps = keypoints.cpu().numpy()
+        for start in range(0, len(poses), CHUNK):   # skinning memory grows with the batch: chunk it
+            out = body.model(pose_parameters=_pose_tensor(body, poses[start:start + CHUNK]),
+                             phenotype_kwargs=phenotype.kwargs())
+            kps.append(body.regressor(out).cpu().numpy())
+            verts.append(out["vertices"].cpu().numpy())
+    verts, kps = np.concatenate(verts), np.concatenate(kps)
     if ground:
         floor = verts[..., 2].min(axis=1)
         verts[..., 2] -= floor[:, None]

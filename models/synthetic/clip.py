@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import MarionetteError
-from ..pose.types import BODY, FACE, HAND, PoseFrame
+from ..pose.types import FACE, HAND, PoseFrame
 from .actor import DRIVER, REFERENCE, Phenotype, body_model, pose_actor, procedural_motion
 from .scene import ActorScene, Appearance, Camera, fit_camera
 
