@@ -13,7 +13,8 @@ pose_to_recrop_roi, hand_recrop_by_roi, hand_tracking, hand_landmarks_to_roi, ha
 - tracking: the ROI from the previous frame's hand landmarks (rotation from the wrist towards
   the index/middle/ring knuckles, tight rotated box of 12 palm-side points, scale 2.0,
   shift −0.1) is kept while it stays within 40°, 0.2 translation and 0.4 scale of the recrop
-  ROI and the previous landmarks stay inside the recrop ROI shrunk by 10 %.
+  ROI and the previous landmarks stay inside the recrop ROI shrunk by 10 %. (Unlike MediaPipe,
+  a tracked ROI that loses the hand is retried with the recrop ROI in the same frame.)
 """
 from __future__ import annotations
 
@@ -95,13 +96,14 @@ class HandLandmarker:
                  track: bool = True) -> HandResult | None:
         """One hand from its pose landmarks; None when the hand is not found."""
         recrop = self.refine_rect(image, rect_from_pose(wrist, pinky, index))
-        rect = recrop
+        result = None
         if track and self.previous is not None:
             tracked = rect_from_landmarks(self.previous)
             if R.tracking_consistent(tracked, self.previous, recrop, TRACK_ROTATION_DEG, TRACK_TRANSLATION,
-                                   TRACK_SCALE, TRACK_MARGIN):
-                rect = tracked
-        result = self.landmarks(image, rect)
+                                     TRACK_SCALE, TRACK_MARGIN):
+                result = self.landmarks(image, tracked)
+        if result is None or result.presence < PRESENCE_THRESHOLD:
+            result = self.landmarks(image, recrop)  # untracked, or the tracked ROI lost the hand
         found = result.presence >= PRESENCE_THRESHOLD
         self.previous = result.landmarks if (track and found) else None
         return result if found else None
