@@ -64,7 +64,15 @@ if [ ! -f "$TFL/.ok" ]; then
   touch "$TFL/.ok"; log "tflite models extracted"
 fi
 
-# 4. Chromium for the browser tier
+# 4. the Anny body model's data cache (first build ~60-100 s); only the compact file is read later
+ANNY=$CACHE/anny
+if ! ls "$ANNY"/v*/build_compact_model_data_*.safetensors >/dev/null 2>&1; then
+  ANNY_CACHE_DIR=$ANNY WARP_CACHE_PATH=$CACHE/warp "$VENV/bin/python" -c 'import anny; anny.Anny()' >/dev/null 2>&1
+  find "$ANNY" -name '*.safetensors' ! -name 'build_compact_model_data_*' -delete
+  log "anny cache built"
+fi
+
+# 5. Chromium for the browser tier
 if [ ! -x /usr/bin/chromium ]; then
   if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null
   else log "no /usr/bin/chromium and not root: browser tests will be skipped"; fi
