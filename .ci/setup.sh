@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds (idempotently, cached) everything the demo and the tests need on a fresh machine:
 # a real ComfyUI 0.3.75 tree, one venv with CPU torch + the host's and the pack's dependencies,
-# the MediaPipe .tflite models, Debian's Chromium. Prints the venv path's env file on success.
+# the Anny body model's data cache, Debian's Chromium. Prints the venv path's env file on success.
 # Cache: $MARIONETTE_CACHE (default ~/.cache/marionette).
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -53,18 +53,7 @@ if [ ! -f "$VENV/.ok" ]; then
   touch "$VENV/.ok"; log "venv ready: $VENV"
 fi
 
-# 3. the embedded-default models: MediaPipe .tflite files out of the mediapipe wheel (never installed)
-TFL=$CACHE/mediapipe-0.10.14
-if [ ! -f "$TFL/.ok" ]; then
-  MP=mediapipe-0.10.14-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl
-  [ -f "$CACHE/dl/$MP" ] || python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.11 \
-      --platform manylinux_2_17_x86_64 mediapipe==0.10.14 -d "$CACHE/dl"
-  mkdir -p "$TFL"
-  unzip -o -j -q "$CACHE/dl/$MP" 'mediapipe/modules/*.tflite' -d "$TFL"
-  touch "$TFL/.ok"; log "tflite models extracted"
-fi
-
-# 4. the Anny body model's data cache (first build ~60-100 s); only the compact file is read later
+# 3. the Anny body model's data cache (first build ~60-100 s); only the compact file is read later
 ANNY=$CACHE/anny
 if ! ls "$ANNY"/v*/build_compact_model_data_*.safetensors >/dev/null 2>&1; then
   ANNY_CACHE_DIR=$ANNY WARP_CACHE_PATH=$CACHE/warp "$VENV/bin/python" -c 'import anny; anny.Anny()' >/dev/null 2>&1
@@ -72,14 +61,14 @@ if ! ls "$ANNY"/v*/build_compact_model_data_*.safetensors >/dev/null 2>&1; then
   log "anny cache built"
 fi
 
-# 5. Chromium for the browser tier
+# 4. Chromium for the browser tier
 if [ ! -x /usr/bin/chromium ]; then
   if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null
   else log "no /usr/bin/chromium and not root: browser tests will be skipped"; fi
 fi
 
 cat > "$CACHE/env.sh" <<ENV
-export MARIONETTE_VENV=$VENV MARIONETTE_COMFY=$COMFY MARIONETTE_TFLITE=$TFL
+export MARIONETTE_VENV=$VENV MARIONETTE_COMFY=$COMFY
 export ANNY_CACHE_DIR=$CACHE/anny WARP_CACHE_PATH=$CACHE/warp PYOPENGL_PLATFORM=egl
 export HF_HUB_OFFLINE=1 DO_NOT_TRACK=1 PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1
 ENV

@@ -9,6 +9,7 @@ import os
 
 import numpy as np
 import pytest
+from harness import MEDIAPIPE
 
 from marionette.models.pose.types import OPENPOSE_BODY
 
@@ -18,12 +19,8 @@ SWAP_LR = [0, 1, 5, 6, 7, 2, 3, 4, 11, 12, 13, 8, 9, 10, 15, 14, 17, 16]
 
 @pytest.fixture(scope="module")
 def estimator():
-    model_dir = os.environ.get("MARIONETTE_TFLITE")
-    if not model_dir:
-        pytest.skip("MARIONETTE_TFLITE is not set: it must name the folder with the MediaPipe .tflite models "
-                    "(source ~/.cache/marionette/env.sh)")
     from marionette.models.pose.blazepose import BlazePoseEstimator
-    return BlazePoseEstimator(model_dir, hands=False, face=False)
+    return BlazePoseEstimator(str(MEDIAPIPE), hands=False, face=False)
 
 
 @pytest.fixture(scope="module")

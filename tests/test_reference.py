@@ -11,6 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from harness import MEDIAPIPE
 
 from marionette.models.errors import MarionetteError
 from marionette.models.reference import (FIT_MODES, PRESET_NAMES, PRESETS, cover_size, fit_reference,
@@ -34,10 +35,7 @@ def person():
 
 
 def _tflite(name: str) -> str:
-    folder = os.environ.get("MARIONETTE_TFLITE")
-    if not folder:
-        pytest.skip("MARIONETTE_TFLITE is not set: source ~/.cache/marionette/env.sh (made by .ci/setup.sh)")
-    return os.path.join(folder, name)
+    return os.path.join(MEDIAPIPE, name)
 
 
 @pytest.fixture(scope="module")

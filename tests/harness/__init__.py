@@ -9,6 +9,7 @@ import types
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+MEDIAPIPE = ROOT / "models" / "mediapipe"  # the bundled embedded-default models
 if "marionette" not in sys.modules:
     _pkg = types.ModuleType("marionette")
     _pkg.__path__ = [str(ROOT)]
