@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 
 from ..errors import MarionetteError, NoPersonError
+from ..vision.image import to_rgb_uint8
 from .draw import HAND_EDGES, LIMBS, DRAWN_LIMBS
 from .types import OPENPOSE_BODY, VISIBLE, PoseFrame
 
@@ -183,20 +184,6 @@ def align_poses(ref: PoseFrame, driving: list[PoseFrame], **fit_options) -> tupl
 
 # ----------------------------------------------------------------------------------------------- preview
 
-def _as_rgb_uint8(image: np.ndarray) -> np.ndarray:
-    img = np.asarray(image)
-    if img.ndim == 2:
-        img = np.repeat(img[..., None], 3, axis=2)
-    if img.ndim != 3 or img.shape[2] not in (3, 4):
-        raise MarionetteError(f"The reference image has shape {img.shape}; an RGB image [H, W, 3] is needed.",
-                              "Pass the reference image as height x width x 3.")
-    img = img[..., :3]
-    if img.dtype != np.uint8:
-        scale = 255.0 if float(np.nanmax(img, initial=0)) <= 1.0 else 1.0
-        img = np.clip(np.nan_to_num(img.astype(np.float64)) * scale, 0, 255).round().astype(np.uint8)
-    return np.ascontiguousarray(img)
-
-
 def _draw_skeleton(canvas, frame: PoseFrame, color, thickness: int) -> None:
     """Plain one-colour skeleton of every person of frame, scaled to the canvas."""
     h, w = canvas.shape[:2]
@@ -234,7 +221,11 @@ def overlay_preview(ref_image: np.ndarray, ref: PoseFrame, aligned: PoseFrame,
                     driving_first: PoseFrame | None = None, dim: float = 0.45) -> np.ndarray:
     """Reference image dimmed, with the reference skeleton (green) and the aligned driving skeleton
     (magenta); the unaligned first driving frame, if given, in grey (stretched to the image)."""
-    canvas = (_as_rgb_uint8(ref_image).astype(np.float32) * dim).astype(np.uint8)
+    images = to_rgb_uint8(ref_image)
+    if len(images) != 1:
+        raise MarionetteError(f"The reference image has shape {np.shape(ref_image)}; one RGB image [H, W, 3] "
+                              "is needed.", "Pass the reference image as height x width x 3.")
+    canvas = (images[0].astype(np.float32) * dim).astype(np.uint8)
     thickness = max(2, round(min(canvas.shape[:2]) / 256))
     legend = [("reference", REF_COLOR), ("aligned driving", ALIGNED_COLOR)]
     if driving_first is not None:
