@@ -136,3 +136,30 @@ def test_reference_from_image_input_and_missing_image(comfy_host, synthetic_medi
     assert tuple(image.shape) == (1, 1024, 576, 3)
     with pytest.raises(ValueError, match="no image"):
         node.load("", "auto", "crop", 64, 64)
+
+
+def test_cancel_stops_pose_extraction_mid_clip(comfy_host, synthetic_media):
+    """An interrupt (the UI's cancel) raised while frames are processed stops the node cleanly."""
+    import comfy.model_management as mm
+    import comfy.utils
+    seen = []
+
+    def hook(value, total, preview, node_id=None):
+        seen.append(value)
+        if value == 3:
+            mm.interrupt_current_processing(True)
+
+    prompt = {"1": {"class_type": "LoadVideo", "inputs": {"file": synthetic_media["video_file"]}},
+              "2": {"class_type": "GetVideoComponents", "inputs": {"video": ["1", 0]}},
+              "3": pose_node(["2", 0]),
+              "4": {"class_type": "PreviewImage", "inputs": {"images": ["3", 1]}}}
+    comfy.utils.set_progress_bar_global_hook(hook)
+    try:
+        result = comfy_host.run(prompt)
+    finally:
+        comfy.utils.set_progress_bar_global_hook(None)
+        mm.interrupt_current_processing(False)
+    assert not result.success
+    assert "execution_interrupted" in [kind for kind, _ in result.messages]
+    assert max(seen) == 3 < synthetic_media["driving"].num_frames
+    assert comfy_host.run(prompt).success  # the next run is unaffected
