@@ -1,4 +1,6 @@
 """Tier 2: the pack inside a real ComfyUI 0.3.75 (custom_nodes discovery, validator, executor)."""
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -163,3 +165,48 @@ def test_cancel_stops_pose_extraction_mid_clip(comfy_host, synthetic_media):
     assert "execution_interrupted" in [kind for kind, _ in result.messages]
     assert max(seen) == 3 < synthetic_media["driving"].num_frames
     assert comfy_host.run(prompt).success  # the next run is unaffected
+
+
+def test_dwpose_models_found_where_controlnet_aux_keeps_them(comfy_host, tmp_path):
+    """yolox_l.onnx / dw-ll_ucoco_384.onnx in comfyui_controlnet_aux's ckpts folder are used as they are."""
+    import shutil
+
+    import folder_paths
+    from onnx_fakes import make_dwpose, make_yolox
+    aux = os.path.join(folder_paths.get_folder_paths("custom_nodes")[0], "comfyui_controlnet_aux")
+    ckpts = os.path.join(aux, "ckpts", "yzd-v", "DWPose")
+    os.makedirs(ckpts)
+    try:
+        make_yolox(os.path.join(ckpts, "yolox_l.onnx"))
+        make_dwpose(os.path.join(ckpts, "dw-ll_ucoco_384.onnx"))
+        prompt = {"1": {"class_type": "EmptyImage", "inputs": {"width": 320, "height": 240, "batch_size": 2,
+                                                               "color": 0x20E020}},
+                  "2": pose_node(["1", 0], backend="DWPose (ONNX)"),
+                  "3": {"class_type": "PreviewImage", "inputs": {"images": ["2", 1]}}}
+        result = comfy_host.run(prompt)
+        assert result.success, result.error
+        poses = result.output("2", 0)
+        assert len(poses) == 2 and poses[0]["canvas_width"] == 320
+    finally:
+        shutil.rmtree(aux)
+
+
+def test_folder_registration_keeps_paths_from_extra_model_paths(comfy_host, tmp_path):
+    """A user's extra_model_paths.yaml registers its folder before us: both must survive."""
+    import sys
+
+    import folder_paths
+    package = comfy_host.node_class("DWPoseExtract").__module__.rsplit(".", 1)[0]
+    model_paths = sys.modules[package + ".model_paths"]
+    saved = folder_paths.folder_names_and_paths.pop("dwpose")
+    try:
+        folder_paths.add_model_folder_path("dwpose", str(tmp_path))  # what the yaml loader does first
+        model_paths.register_folders()
+        dirs, exts = folder_paths.folder_names_and_paths["dwpose"]
+        assert dirs[0] == str(tmp_path) and os.path.join(folder_paths.models_dir, "dwpose") in dirs
+        assert ".onnx" in exts
+        (tmp_path / "my_pose_model.onnx").write_bytes(b"onnx")
+        folder_paths.filename_list_cache.pop("dwpose", None)  # listed earlier in this process
+        assert "my_pose_model.onnx" in model_paths.model_choices("dwpose", ("yolox_l.onnx",))
+    finally:
+        folder_paths.folder_names_and_paths["dwpose"] = saved
