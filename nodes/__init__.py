@@ -1,8 +1,10 @@
 """ComfyUI node classes: thin wrappers that turn node inputs into `models/` calls."""
+from .body import ShapeAlign, SMPLXFit
 from .model_paths import register_folders
 from .pose import DWPoseExtract
 from .pose_align import PoseAlign
 from .reference import LoadReference
+from .render import RenderGuidance
 from .save import SavePoseKeypoint
 
 register_folders()
@@ -12,10 +14,16 @@ NODE_CLASS_MAPPINGS = {
     "DWPoseExtract": DWPoseExtract,
     "PoseAlign": PoseAlign,
     "SavePoseKeypoint": SavePoseKeypoint,
+    "SMPLXFit": SMPLXFit,
+    "ShapeAlign": ShapeAlign,
+    "RenderGuidance": RenderGuidance,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "LoadReference": "Load Reference (Marionette)",
     "DWPoseExtract": "DWPose Extract (Marionette)",
     "PoseAlign": "Pose Align to Reference (Marionette)",
     "SavePoseKeypoint": "Save Pose Keypoints (Marionette)",
+    "SMPLXFit": "SMPL-X / Anny Body Fit (Marionette)",
+    "ShapeAlign": "Shape Align to Reference (Marionette)",
+    "RenderGuidance": "Render Guidance Maps (Marionette)",
 }

@@ -14,6 +14,7 @@ EMBEDDED_MEDIAPIPE = os.path.join(PACK_DIR, "models", "mediapipe")
 FOLDERS = {
     "dwpose": ("dwpose", {".onnx"}),
     "mediapipe": ("mediapipe", {".tflite"}),
+    "smplx": ("smplx", {".npz", ".pkl"}),
 }
 
 
@@ -28,9 +29,12 @@ def _controlnet_aux_dwpose_dirs() -> list[str]:
 
 def register_folders() -> None:
     """Adds our folders, merging with keys a user's extra_model_paths.yaml may already have made."""
+    # Anny builds a ~800 MB data cache on first use: keep it with the models, not in the home folder
+    os.environ.setdefault("ANNY_CACHE_DIR", os.path.join(folder_paths.models_dir, "anny"))
     extra = {
         "dwpose": [os.path.join(folder_paths.models_dir, "DWPose")] + _controlnet_aux_dwpose_dirs(),
         "mediapipe": [EMBEDDED_MEDIAPIPE],   # searched last: a user's own copy wins
+        "smplx": [],
     }
     for name, (sub, exts) in FOLDERS.items():
         default = os.path.join(folder_paths.models_dir, sub)
@@ -68,3 +72,19 @@ def mediapipe_dir(filenames: tuple[str, ...]) -> str:
     raise MarionetteError(f"Embedded MediaPipe models are missing: {', '.join(missing)}.",
                           f"Reinstall Marionette (the files ship in {EMBEDDED_MEDIAPIPE}) "
                           "or copy them from the mediapipe==0.10.14 wheel into ComfyUI/models/mediapipe.")
+
+
+SMPLX_SOURCE = "the SMPL-X website (smpl-x.is.tue.mpg.de), under the SMPL-X licence, after registering"
+
+
+def smplx_dir(gender: str) -> str:
+    """The folder holding SMPLX_<GENDER>.npz/.pkl (also found in an `smplx/` subfolder)."""
+    name = f"SMPLX_{gender.upper()}"
+    for candidate in (f"{name}.npz", f"{name}.pkl", f"smplx/{name}.npz", f"smplx/{name}.pkl"):
+        path = folder_paths.get_full_path("smplx", candidate)
+        if path and os.path.isfile(path):
+            return os.path.dirname(path)
+    default = os.path.join(folder_paths.models_dir, "smplx")
+    raise MarionetteError(f"SMPL-X model file '{name}.npz' (or .pkl) was not found in the 'smplx' model folders.",
+                          f"Download it from {SMPLX_SOURCE}, and put {name}.npz into {default}; or use the "
+                          "embedded Anny body model, which needs no download.")

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-OUR_NODES = ("LoadReference", "DWPoseExtract", "PoseAlign", "SavePoseKeypoint")
+OUR_NODES = ("LoadReference", "DWPoseExtract", "PoseAlign", "SavePoseKeypoint", "SMPLXFit", "ShapeAlign",
+             "RenderGuidance")
 EMBEDDED = "embedded (BlazePose)"
 
 

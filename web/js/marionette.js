@@ -2,7 +2,8 @@
 // (people found per frame, PoseAlign's fit, what LoadReference found) and a colour for our nodes.
 import { app } from "../../../scripts/app.js";
 
-const OUR_NODES = new Set(["LoadReference", "DWPoseExtract", "PoseAlign", "SavePoseKeypoint"]);
+const OUR_NODES = new Set(["LoadReference", "DWPoseExtract", "PoseAlign", "SavePoseKeypoint", "SMPLXFit",
+  "ShapeAlign", "RenderGuidance"]);
 window.__marionette = { loaded: true, setup: false, seen: [] };
 
 function statusText(message) {
@@ -15,6 +16,12 @@ function statusText(message) {
     const [sx, sy] = f.scale_px;
     return `driving body scaled ×${sx.toFixed(2)} (x) ×${sy.toFixed(2)} (y) in pixels; ` +
       `${f.keypoints} keypoints, ${f.frames} frames, residual ${f.residual_px.toFixed(1)} px`;
+  }
+  if (message.marionette_body) {
+    const b = message.marionette_body[0];
+    return `${b.model} body fitted to ${b.frames} frame${b.frames === 1 ? "" : "s"}, ` +
+      `reprojection error ${Number(b.reprojection_px).toFixed(1)} px` +
+      (b.interpolated ? `; ${b.interpolated} frame(s) without a person interpolated` : "");
   }
   if (message.marionette_reference) {
     const r = message.marionette_reference[0];
