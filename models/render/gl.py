@@ -181,7 +181,8 @@ class Rasterizer:
             raise RuntimeError(f"float framebuffer incomplete (status 0x{int(status):x})")
 
     # ------------------------------------------------------------------------------------- draw
-    def draw(self, stream: np.ndarray, projection: np.ndarray, read_colour: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    def draw(self, stream: np.ndarray, projection: np.ndarray,
+             read_colour: bool) -> tuple[np.ndarray, np.ndarray | None]:
         """Draws the vertex stream; returns the depth buffer [H, W] float32 (1 = nothing) and, if asked,
         the colour buffer [H, W, 4] float32 (normal xyz, label + 1), both with row 0 at the image top."""
         if self._platform is None:

@@ -118,12 +118,12 @@ def _clip_range(z: np.ndarray) -> tuple[float, float]:
     return near, far
 
 
-def _view_directions(fx: float, fy: float, width: int, height: int) -> np.ndarray:
-    """Unit direction from each pixel's surface point to the camera, in OpenGL camera axes (the same
-    for any depth along the pixel's ray)."""
-    u = (np.arange(width) + 0.5 - width / 2) / fx
-    v = (np.arange(height) + 0.5 - height / 2) / fy
-    ray = np.stack(np.broadcast_arrays(u[None, :], v[:, None], np.ones((height, width))), axis=-1)
+def _view_directions(mask: np.ndarray, fx: float, fy: float) -> np.ndarray:
+    """[N, 3] unit directions from each body pixel's surface point to the camera, in OpenGL camera
+    axes (the same for any depth along the pixel's ray)."""
+    height, width = mask.shape
+    rows, cols = np.nonzero(mask)
+    ray = np.stack([(cols + 0.5 - width / 2) / fx, (rows + 0.5 - height / 2) / fy, np.ones(len(rows))], axis=-1)
     ray /= np.linalg.norm(ray, axis=-1, keepdims=True)
     return -ray * CV_TO_GL
 
@@ -212,8 +212,7 @@ class GuidanceRenderer:
             elif name == "semantic":
                 out[name] = palette.encode_semantic(np.rint(colour[..., 3]).astype(np.int64) - 1, mask)
             else:
-                view = _view_directions(fx, fy, self.width, self.height)
-                out[name] = palette.encode_dense(colour[..., :3], view, mask)
+                out[name] = palette.encode_dense(colour[..., :3], _view_directions(mask, fx, fy), mask)
         return out
 
 

@@ -70,9 +70,10 @@ def encode_mask(mask: np.ndarray) -> np.ndarray:
     return grey_rgb(np.where(mask, 255, 0).astype(np.uint8))
 
 
-def encode_dense(normal_gl: np.ndarray, view_dir_gl: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Flat grey shaded by a head-light: ambient + diffuse · max(0, n · direction to the camera)."""
+def encode_dense(normal_gl: np.ndarray, to_camera: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Flat grey shaded by a head-light: ambient + diffuse · max(0, n · direction to the camera).
+    `to_camera` [N, 3] holds those directions for the body pixels (mask order)."""
     out = np.zeros(mask.shape, np.uint8)
-    lambert = np.clip(np.sum(normal_gl[mask] * view_dir_gl[mask], axis=-1), 0.0, 1.0)
+    lambert = np.clip(np.sum(normal_gl[mask] * to_camera, axis=-1), 0.0, 1.0)
     out[mask] = to_byte(DENSE_AMBIENT + DENSE_DIFFUSE * lambert)
     return grey_rgb(out)
