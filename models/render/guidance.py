@@ -133,7 +133,8 @@ def _view_directions(mask: np.ndarray, fx: float, fy: float) -> np.ndarray:
 class GuidanceRenderer:
     """Renders guidance maps at `width`×`height`, reusing one headless GL context for every frame.
 
-    A camera of another size is stretched to this size (its focal scaled per axis), like drawing a
+    The process keeps a single pyrender OffscreenRenderer for its GL context (see models/render/gl.py);
+    close() frees this renderer's shader and framebuffer, not that context. A camera of another size is stretched to this size (its focal scaled per axis), like drawing a
     pose frame at another size. Use as a context manager, or call close().
     """
 
