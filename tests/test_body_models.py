@@ -11,7 +11,7 @@ from marionette.models.body.model import (HINGE_PRIOR_WEIGHT, BodyOutput, axis_a
                                           to_camera)
 from marionette.models.body.types import SMPL_PARTS
 from marionette.models.errors import MarionetteError
-from smplx_fixture import PARENTS, SMALL_VERTEX_IDS, joint_positions, small_vertex_ids, write_fixture
+from smplx_fixture import PARENTS, SMALL_VERTEX_IDS, build, joint_positions, small_vertex_ids, write_fixture
 
 J = {name: i for i, name in enumerate(OPENPOSE18)}
 PART = {name: i for i, name in enumerate(SMPL_PARTS)}
@@ -239,6 +239,20 @@ def test_anny_is_built_once_per_process(anny_body):
     assert anny_body.num_betas == 6 and anny_body.num_expression == 0
 
 
+def test_anny_fast_skinning_equals_annys_forward(anny_body):
+    core = anny_body.core
+    assert core.fast_skinning
+    g = torch.Generator().manual_seed(4)
+    deltas = torch.eye(4).repeat(2, len(core.bone_labels), 1, 1)
+    deltas[:, core.pose_bone_ids, :3, :3] = axis_angle_to_matrix(torch.randn(2, len(ANNY_POSE_BONES), 3, generator=g))
+    phenotype = torch.rand(2, 6, generator=g)
+    with torch.no_grad():
+        vertices, bone_poses = core.pose(deltas, phenotype)
+        reference = core.module(pose_parameters=deltas, phenotype_kwargs=phenotype)
+    assert torch.allclose(vertices, reference["vertices"], atol=1e-5)
+    assert torch.allclose(bone_poses, reference["bone_poses"], atol=1e-5)
+
+
 def test_anny_matches_the_synthetic_ground_truth(anny_body):
     """Same phenotype and bone rotations as models.synthetic → the same joints in its camera."""
     from marionette.models.synthetic.actor import DRIVER, REFERENCE, pose_actor, procedural_motion
@@ -331,6 +345,16 @@ def test_smplx_unreadable_or_foreign_files_are_refused(tmp_path):
     write_fixture(tmp_path / "small")                  # smplx's real keypoint vertex ids: too few vertices
     with pytest.raises(MarionetteError, match="not an SMPL-X model file"):
         load_body_model("smplx", str(tmp_path / "small"))
+
+
+def test_smplx_file_without_jaw_line_landmarks_gives_no_face(tmp_path):
+    data = build()
+    del data["dynamic_lmk_faces_idx"], data["dynamic_lmk_bary_coords"]
+    np.savez(tmp_path / "SMPLX_NEUTRAL.npz", **data)
+    with small_vertex_ids():
+        body = load_body_model("smplx", str(tmp_path))
+    out = body(body.zero_pose(3), body.default_betas())
+    assert not body.has_contour and out.face is None and out.body18.shape == (3, 18, 3)
 
 
 def test_smplx_joint_maps_follow_the_skeleton(smplx_body):

@@ -66,6 +66,10 @@ class _AnnyCore:
                                           for side in ("L", "R") for f in FINGERS])
         self.hand_index = torch.tensor(self._hand_index())
         self.device = torch.device("cpu")
+        # The faster path calls anny's building blocks; tests check it against anny's own forward.
+        self.fast_skinning = all(hasattr(self.module, name) for name in (
+            "get_tensor_inputs", "_get_phenotype_blendshape_coefficients", "get_rest_model", "get_bone_transforms",
+            "dense_vertex_bone_weights"))
 
     def to(self, device) -> None:
         device = torch.device(device)
@@ -73,6 +77,22 @@ class _AnnyCore:
         for name in ("pose_bone_ids", "coco_weights", "to_body", "tip_vertices", "hand_index"):
             setattr(self, name, getattr(self, name).to(device))
         self.device = device
+
+    def pose(self, deltas: torch.Tensor, phenotype: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """anny's forward (vertices [B, V, 3], bone poses [B, N, 4, 4]) with a faster skinning step:
+        anny's dense blend reduces a [B, V, 3, 3] product with a strided sum, which costs as much as the
+        rest of the forward; here the three columns are added directly (same result, ~2x faster)."""
+        m = self.module
+        if not self.fast_skinning:
+            out = m(pose_parameters=deltas, phenotype_kwargs=phenotype)
+            return out["vertices"], out["bone_poses"]
+        deltas, phenotype, local, facial = m.get_tensor_inputs(deltas, phenotype, None, None)
+        rest = m.get_rest_model(m._get_phenotype_blendshape_coefficients(phenotype, local, facial))
+        transforms, bone_poses = m.get_bone_transforms(deltas, rest["rest_bone_poses"])
+        blend = torch.einsum("nj,bjik->bnik", m.dense_vertex_bone_weights, transforms[..., :3, :])
+        v = rest["rest_vertices"]
+        vertices = blend[..., 0] * v[..., :1] + blend[..., 1] * v[..., 1:2] + blend[..., 2] * v[..., 2:] + blend[..., 3]
+        return vertices, bone_poses
 
     def _fingertip(self, finger: str, side: str, dominant: np.ndarray) -> int:
         """The vertex of the finger's last bone that lies furthest along that bone (the tip)."""
@@ -168,9 +188,8 @@ class AnnyBody(BodyModel):
         rotvec = pose[:, 3:].reshape(batch, -1, 3) @ to_body
         deltas = torch.eye(4, dtype=torch.float32, device=self.device).repeat(batch, len(core.bone_labels), 1, 1)
         deltas[:, core.pose_bone_ids, :3, :3] = axis_angle_to_matrix(rotvec)
-        out = core.module(pose_parameters=deltas, phenotype_kwargs=betas)
-        vertices = out["vertices"]
-        heads = out["bone_poses"][:, :, :3, 3]
+        vertices, bone_poses = core.pose(deltas, betas)
+        heads = bone_poses[:, :, :3, 3]
         coco = torch.einsum("kv,bvd->bkd", core.coco_weights, vertices)
         stacked = torch.cat([coco, heads, vertices[:, core.tip_vertices]], 1)
         root = heads[:, :1]

@@ -83,10 +83,10 @@ class SMPLXBody(BodyModel):
     pose_dim = 3 * SMPLX_NUM_JOINTS
 
     def __init__(self, path: Path, gender: str = "neutral"):
-        from smplx.joint_names import JOINT_NAMES
         self.gender = gender
         self.path = Path(path)
         self.model, self.has_contour = _load(self.path, gender)
+        from smplx.joint_names import JOINT_NAMES
         self.model.requires_grad_(False)
         self.device = torch.device("cpu")
         num_vertices = int(self.model.v_template.shape[0])
