@@ -18,8 +18,10 @@ class PosedSequence:
 
 
 def pose_sequence(model, seq: BodySequence, chunk: int = 16) -> PosedSequence:
-    """Runs the body model over the sequence in chunks and moves every frame by its translation."""
+    """Runs the body model over the sequence in chunks and places every frame in camera space."""
     import torch
+
+    from .model import to_camera
     if seq.model != model.name:
         raise MarionetteError(f"The body sequence was fitted with {seq.model}, not {model.name}.",
                               "Use the same body model for fitting and rendering.")
@@ -29,13 +31,14 @@ def pose_sequence(model, seq: BodySequence, chunk: int = 16) -> PosedSequence:
     with torch.no_grad():
         for start in range(0, seq.num_frames, chunk):
             pose = torch.from_numpy(seq.pose[start:start + chunk])
+            shift = torch.from_numpy(seq.translation[start:start + chunk])
             out = model.forward(pose, betas, expression)
-            shift = seq.translation[start:start + chunk]
-            parts["vertices"].append(out.vertices.numpy() + shift[:, None])
-            parts["body18"].append(out.body18.numpy() + shift[:, None])
-            parts["hands"].append(out.hands.numpy() + shift[:, None, None])
+            place = lambda points: to_camera(points.reshape(len(pose), -1, 3), pose, shift)  # noqa: E731
+            parts["vertices"].append(place(out.vertices).numpy())
+            parts["body18"].append(place(out.body18).numpy())
+            parts["hands"].append(place(out.hands).reshape(out.hands.shape).numpy())
             if out.face is not None:
-                parts["face"].append(out.face.numpy() + shift[:, None])
+                parts["face"].append(place(out.face).numpy())
     face = np.concatenate(parts["face"]) if parts["face"] else None
     return PosedSequence(np.concatenate(parts["vertices"]), np.concatenate(parts["body18"]),
                          np.concatenate(parts["hands"]), face)
