@@ -47,6 +47,12 @@ class SyntheticClip:
     phenotype: Phenotype
     appearance: Appearance
     motion: str
+    keypoints3d: np.ndarray | None = None  # [T, 23, 3] the COCO keypoints in OpenCV camera space (m)
+
+    def joints3d(self) -> np.ndarray:
+        """[T, 18, 3] ground-truth OpenPose-18 joints in OpenCV camera space (x right, y down,
+        z forward; metres; neck = shoulder mean)."""
+        return coco_to_openpose(self.keypoints3d, self.coco_labels)
 
     @property
     def num_frames(self) -> int:
@@ -89,6 +95,12 @@ def coco_to_openpose(points: np.ndarray, labels: tuple) -> np.ndarray:
     neck = (points[..., index["left_shoulder"], :] + points[..., index["right_shoulder"], :]) / 2
     cols = [neck if name == "neck" else points[..., index[name], :] for name in OPENPOSE_FROM_COCO]
     return np.stack(cols, axis=-2)
+
+
+def camera_space(camera: Camera, points: np.ndarray) -> np.ndarray:
+    """World points [..., 3] → OpenCV camera space (x right, y down, z forward), float32."""
+    cam = (np.asarray(points, np.float64) - camera.position) @ camera.rotation   # x right, y up, z back
+    return (cam * np.array([1.0, -1.0, -1.0])).astype(np.float32)
 
 
 def _own_flesh(rest_vertices: np.ndarray, rest_keypoints: np.ndarray, names: tuple) -> list[np.ndarray]:
@@ -153,7 +165,7 @@ def render_actor(phenotype: Phenotype, poses: list[dict], width: int, height: in
     joints = coco_to_openpose(coco, labels)
     joints[:, 1, 2] = keypoints[:, len(labels), 2]  # neck xy = 2D shoulder mean; its visibility is its own
     return SyntheticClip(frames, joints.astype(np.float32), float(fps), masks, coco.astype(np.float32), labels,
-                         camera, phenotype, appearance, motion)
+                         camera, phenotype, appearance, motion, camera_space(camera, actor.keypoints))
 
 
 def render_driving_clip(frames: int = 24, width: int = 512, height: int = 512, fps: float = 12.0,
