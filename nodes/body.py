@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from ..models.body.shape_align import PLACEMENTS, align_shape
 from ..models.errors import MarionetteError
@@ -16,7 +17,11 @@ _models: dict = {}
 
 
 def load_model(kind: str, gender: str = "neutral"):
-    """The body model of a node choice or of a BodySequence's `model` name, loaded once."""
+    """The body model of a node choice or of a BodySequence's `model` name, loaded once.
+
+    ComfyUI runs nodes under torch.inference_mode; tensors made there can never join an autograd
+    graph, so the model (which SMPLXFit differentiates through) is built outside it.
+    """
     from ..models.body.model import load_body_model
     if kind in ("Anny (embedded)", "anny"):
         key = ("anny", "neutral")
@@ -26,7 +31,8 @@ def load_model(kind: str, gender: str = "neutral"):
         raise MarionetteError(f"Unknown body model '{kind}'.", f"Choose one of: {', '.join(BODY_MODELS)}.")
     if key not in _models:
         folder = smplx_dir(gender) if key[0] == "smplx" else None
-        _models[key] = load_body_model(key[0], folder, key[1])
+        with torch.inference_mode(False):
+            _models[key] = load_body_model(key[0], folder, key[1])
     return _models[key]
 
 
@@ -89,11 +95,12 @@ class SMPLXFit:
         model = load_model(body_model, gender)
         options = fit_options(iterations=iterations, temporal_smoothing=temporal_smoothing)
         progress = Progress(len(frames), unique_id)
-        if shape_from is None and len(frames) == 1:
-            body = fit_reference(model, frames[0], options, on_progress=progress)
-        else:
-            betas = None if shape_from is None else shape_from.betas
-            body = fit_sequence(model, frames, betas=betas, options=options, on_progress=progress)
+        with torch.inference_mode(False), torch.enable_grad():  # the fit is an optimisation
+            if shape_from is None and len(frames) == 1:
+                body = fit_reference(model, frames[0], options, on_progress=progress)
+            else:
+                betas = None if shape_from is None else shape_from.betas
+                body = fit_sequence(model, frames, betas=betas, options=options, on_progress=progress)
         ui = {"marionette_body": [{"frames": body.num_frames, "model": body.model,
                                    "interpolated": int((~body.frame_ok).sum()),
                                    "reprojection_px": float(body.info.get("reprojection_px", float("nan")))}]}

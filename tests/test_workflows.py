@@ -3,24 +3,96 @@ import glob
 import json
 import os
 
+import numpy as np
+import pytest
 from harness import ROOT
 from harness.media import read_video
 from harness.workflow import to_api
 
 
-def test_pose_extraction_workflow_runs_and_writes_its_outputs(comfy_host, synthetic_media):
-    with open(ROOT / "workflows" / "pose_extraction.json") as f:
-        prompt = to_api(json.load(f), comfy_host.nodes.NODE_CLASS_MAPPINGS)
-    result = comfy_host.run(prompt)
+def run_workflow(host, name):
+    """Runs a shipped workflow; returns the result and a map class_type → node ids."""
+    with open(ROOT / "workflows" / name) as f:
+        prompt = to_api(json.load(f), host.nodes.NODE_CLASS_MAPPINGS)
+    result = host.run(prompt)
     assert result.success, result.error
-    out = os.path.join(comfy_host.output_dir, "marionette")
+    ids = {}
+    for node_id, node in prompt.items():
+        ids.setdefault(node["class_type"], []).append(node_id)
+    return result, ids
+
+
+def newest(host, pattern):
+    files = sorted(glob.glob(os.path.join(host.output_dir, "marionette", pattern)), key=os.path.getmtime)
+    assert files, pattern
+    return files[-1]
+
+
+def test_every_workflow_has_a_run_test():
+    shipped = {os.path.basename(p) for p in glob.glob(str(ROOT / "workflows" / "*.json"))}
+    assert shipped == {"pose_extraction.json", "champ_guidance.json", "vividpose_guidance.json"}
+
+
+def test_pose_extraction_workflow_runs_and_writes_its_outputs(comfy_host, synthetic_media):
+    run_workflow(comfy_host, "pose_extraction.json")
     frames = synthetic_media["driving"].num_frames
     for name in ("skeleton", "overlay", "driving_skeleton"):
-        video = read_video(sorted(glob.glob(os.path.join(out, f"{name}_*.mp4")))[-1])
-        assert video.shape[0] == frames, name
-    skeleton = read_video(sorted(glob.glob(os.path.join(out, "skeleton_*.mp4")))[-1])
+        assert read_video(newest(comfy_host, f"{name}_*.mp4")).shape[0] == frames, name
+    skeleton = read_video(newest(comfy_host, "skeleton_*.mp4"))
     assert skeleton.shape[1:3] == (768, 512) and skeleton.max() > 100  # drawn at the reference size
-    with open(sorted(glob.glob(os.path.join(out, "aligned_pose_*.json")))[-1]) as f:
+    with open(newest(comfy_host, "aligned_pose_*.json")) as f:
         poses = json.load(f)
     assert len(poses) == frames and all(len(p["people"]) == 1 for p in poses)
-    assert glob.glob(os.path.join(out, "person_mask_*.png"))
+    assert glob.glob(os.path.join(comfy_host.output_dir, "marionette", "person_mask_*.png"))
+
+
+def test_champ_guidance_workflow_renders_every_map(comfy_host, synthetic_media):
+    result, ids = run_workflow(comfy_host, "champ_guidance.json")
+    frames = synthetic_media["driving"].num_frames
+    for name in ("depth", "normal", "semantic", "skeleton"):
+        video = read_video(newest(comfy_host, f"champ_{name}_*.mp4"))
+        assert video.shape[:3] == (frames, 768, 512), name
+        assert video.max() > 100, name
+    render = ids["RenderGuidance"][0]
+    depth, normal, semantic, dense, skeleton, mask = (result.output(render, i) for i in range(6))
+    assert tuple(semantic.shape) == (frames, 768, 512, 3) and tuple(mask.shape) == (frames, 768, 512)
+    body = mask > 0.5
+    assert 0.02 < float(body.float().mean()) < 0.6
+    assert float(depth[~body].abs().max()) == 0.0 and float(normal[~body].abs().max()) == 0.0
+    from marionette.models.render.palette import SEMANTIC_PALETTE
+    colours = {tuple(c) for c in np.unique((semantic[body] * 255).round().int().numpy(), axis=0)}
+    assert colours <= {tuple(int(v) for v in c) for c in SEMANTIC_PALETTE}
+
+
+def test_vividpose_guidance_workflow_runs_on_smplx_files(comfy_host, synthetic_media):
+    import folder_paths
+    from smplx_fixture import small_vertex_ids, write_fixture
+    folder = os.path.join(folder_paths.models_dir, "smplx")
+    write_fixture(folder)  # a small file with SMPL-X's structure stands in for the licensed one
+    try:
+        with small_vertex_ids():
+            run_workflow(comfy_host, "vividpose_guidance.json")
+    finally:
+        os.remove(os.path.join(folder, "SMPLX_NEUTRAL.npz"))
+    frames = synthetic_media["driving"].num_frames
+    for name in ("dense", "skeleton"):
+        assert read_video(newest(comfy_host, f"vividpose_{name}_*.mp4")).shape[:3] == (frames, 768, 512), name
+
+
+@pytest.mark.parametrize("gender", ["female"])  # neutral may be cached from the fixture run above
+def test_missing_smplx_file_names_file_folder_and_licence(comfy_host, gender):
+    prompt = {"1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0}},
+              "2": {"class_type": "DWPoseExtract", "inputs": {
+                  "images": ["1", 0], "backend": "embedded (BlazePose)", "detect_body": True, "detect_hands": True,
+                  "detect_face": True, "draw_style": "MimicMotion", "bbox_detector": "yolox_l.onnx",
+                  "pose_estimator": "dw-ll_ucoco_384.onnx"}},
+              "3": {"class_type": "SMPLXFit", "inputs": {"pose_keypoint": ["2", 0], "body_model": "SMPL-X",
+                                                        "gender": gender, "iterations": 10,
+                                                        "temporal_smoothing": 1.0}},
+              "4": {"class_type": "RenderGuidance", "inputs": {"body": ["3", 0], "skeleton_style": "MimicMotion"}},
+              "5": {"class_type": "PreviewImage", "inputs": {"images": ["4", 0]}}}
+    result = comfy_host.run(prompt)
+    assert not result.success
+    message = result.error["exception_message"]
+    assert f"SMPLX_{gender.upper()}.npz" in message and "models/smplx" in message.replace("\\", "/")
+    assert "licence" in message
