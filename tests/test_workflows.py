@@ -49,7 +49,7 @@ def test_pose_extraction_workflow_runs_and_writes_its_outputs(comfy_host, synthe
 def test_champ_guidance_workflow_renders_every_map(comfy_host, synthetic_media):
     result, ids = run_workflow(comfy_host, "champ_guidance.json")
     frames = synthetic_media["driving"].num_frames
-    for name in ("depth", "normal", "semantic", "skeleton"):
+    for name in ("depth", "normal", "semantic", "skeleton", "mask"):
         video = read_video(newest(comfy_host, f"champ_{name}_*.mp4"))
         assert video.shape[:3] == (frames, 768, 512), name
         assert video.max() > 100, name
