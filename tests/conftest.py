@@ -62,12 +62,13 @@ def artifacts_dir():
     return path
 
 
-TIER_LAST = ("test_server.py", "test_browser.py")  # the browser's event loop must not precede in-process host runs
+TIERS = {"host": 1, "test_workflows.py": 1, "test_server.py": 2, "test_browser.py": 3}
 
 
 def pytest_collection_modifyitems(items):
-    """Runs the tiers in order: library units, in-process host, server, browser."""
+    """Runs the tiers in order: library units, in-process host, server, browser (the browser's event
+    loop must not precede in-process host runs)."""
     def tier(item):
         name = item.path.name
-        return TIER_LAST.index(name) + 2 if name in TIER_LAST else int(name == "test_host.py")
+        return TIERS.get(name, TIERS["host"] if name.startswith("test_host") else 0)
     items.sort(key=tier)
