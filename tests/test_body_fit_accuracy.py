@@ -74,7 +74,8 @@ def errors(model, seq, clip) -> tuple[float, float]:
     gt = clip.joints2d[:, BODY14]
     vis = gt[..., 2] > 0
     err2d = float(np.linalg.norm(px - gt[..., :2], axis=-1)[vis].mean())
-    pa = np.mean([procrustes_mm(p, t) for p, t in zip(fitted_joints(model, seq)[:, BODY14], clip.joints3d()[:, BODY14])])
+    pairs = zip(fitted_joints(model, seq)[:, BODY14], clip.joints3d()[:, BODY14])
+    pa = np.mean([procrustes_mm(p, t) for p, t in pairs])
     return err2d, float(pa)
 
 
