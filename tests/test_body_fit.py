@@ -13,6 +13,7 @@ from marionette.models.body.model import axis_angle_to_matrix, load_body_model, 
 from marionette.models.errors import MarionetteError, NoPersonError
 from marionette.models.pose.types import PoseFrame, empty_frame
 from marionette.models.synthetic.actor import procedural_motion
+from marionette.models.synthetic.metrics import procrustes_error
 from smplx_fixture import small_vertex_ids, write_fixture
 
 W, H, FOCAL = 512, 512, 600.0
@@ -72,15 +73,6 @@ def model_frames(model, pose, betas, translation, expression=None) -> list[PoseF
                       ones(face[i])[None] if face is not None else np.zeros((1, 68, 3)))
         frames.append(f)
     return frames
-
-
-def procrustes_error(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean distance after the best similarity transform of a onto b ([N, 3] each)."""
-    a0, b0 = a - a.mean(0), b - b.mean(0)
-    u, s, vt = np.linalg.svd(a0.T @ b0)
-    d = np.diag([1.0, 1.0, np.sign(np.linalg.det(u @ vt))])
-    aligned = (s * np.diag(d)).sum() / (a0 ** 2).sum() * a0 @ (u @ d @ vt)
-    return float(np.linalg.norm(aligned - b0, axis=1).mean())
 
 
 def joints3d(model, seq) -> np.ndarray:

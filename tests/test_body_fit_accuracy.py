@@ -21,6 +21,7 @@ from harness import MEDIAPIPE
 from marionette.models.body.anny_model import PHENOTYPE_ORDER, betas_from_phenotype
 from marionette.models.body.fit import fit_reference, fit_sequence, project_keypoints
 from marionette.models.body.model import load_body_model, to_camera
+from marionette.models.synthetic.metrics import procrustes_error
 
 BODY14 = slice(0, 14)
 # (2D px, MPJPE-PA mm) limits; measured values in the comments
@@ -60,14 +61,6 @@ def fitted_joints(model, seq) -> np.ndarray:
         return to_camera(out.body18, pose, torch.from_numpy(seq.translation)).numpy()
 
 
-def procrustes_mm(pred: np.ndarray, true: np.ndarray) -> float:
-    p0, t0 = pred - pred.mean(0), true - true.mean(0)
-    u, s, vt = np.linalg.svd(p0.T @ t0)
-    d = np.diag([1.0, 1.0, np.sign(np.linalg.det(u @ vt))])
-    aligned = (s * np.diag(d)).sum() / (p0 ** 2).sum() * p0 @ (u @ d @ vt)
-    return float(np.linalg.norm(aligned - t0, axis=1).mean() * 1000)
-
-
 def errors(model, seq, clip) -> tuple[float, float]:
     """(mean 2D px over GT-visible body joints, mean per-frame MPJPE-PA mm) of the 14 body joints."""
     px = project_keypoints(model, seq)[:, BODY14]
@@ -75,7 +68,7 @@ def errors(model, seq, clip) -> tuple[float, float]:
     vis = gt[..., 2] > 0
     err2d = float(np.linalg.norm(px - gt[..., :2], axis=-1)[vis].mean())
     pairs = zip(fitted_joints(model, seq)[:, BODY14], clip.joints3d()[:, BODY14])
-    pa = np.mean([procrustes_mm(p, t) for p, t in pairs])
+    pa = np.mean([procrustes_error(p, t) * 1000 for p, t in pairs])
     return err2d, float(pa)
 
 

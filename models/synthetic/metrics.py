@@ -126,3 +126,13 @@ def pck(pred, gt, alpha: float = 0.1, ref="bbox", joints=BODY_JOINTS) -> float:
     if not counted.any():
         return float("nan")
     return float((err[counted] <= alpha).mean())
+
+
+def procrustes_error(pred: np.ndarray, true: np.ndarray) -> float:
+    """Mean point distance after the best similarity transform (rotation, scale, shift) of `pred`
+    onto `true` ([N, 3] each), in their units: MPJPE-PA for one frame of joints."""
+    p0, t0 = pred - pred.mean(0), true - true.mean(0)
+    u, s, vt = np.linalg.svd(p0.T @ t0)
+    d = np.diag([1.0, 1.0, np.sign(np.linalg.det(u @ vt))])
+    aligned = (s * np.diag(d)).sum() / (p0 ** 2).sum() * p0 @ (u @ d @ vt)
+    return float(np.linalg.norm(aligned - t0, axis=1).mean())
