@@ -68,7 +68,7 @@ class SMPLXFit:
                 "pose_keypoint": ("POSE_KEYPOINT", {"tooltip": "DWPoseExtract output (reference or driving)."}),
                 "body_model": (list(BODY_MODELS), {"default": BODY_MODELS[0]}),
                 "gender": (list(GENDERS), {"default": "neutral", "tooltip": "Which SMPL-X file to use."}),
-                "iterations": ("INT", {"default": 100, "min": 10, "max": 2000, "step": 10,
+                "iterations": ("INT", {"default": 50, "min": 10, "max": 2000, "step": 10,
                                        "tooltip": "Optimiser steps per stage; more is slower and tighter."}),
                 "temporal_smoothing": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 100.0, "step": 0.1,
                                                  "tooltip": "Weight of the frame-to-frame smoothness term."}),
