@@ -1,0 +1,1 @@
+"""Stable Video Diffusion animation core: StableAnimator and MimicMotion modules and checkpoint loading."""
