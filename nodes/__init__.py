@@ -6,6 +6,7 @@ from .pose_align import PoseAlign
 from .reference import LoadReference
 from .render import RenderGuidance
 from .save import SavePoseKeypoint
+from .svd import SVDAnimateSampler, SVDAnimationLoader
 
 register_folders()
 
@@ -17,6 +18,8 @@ NODE_CLASS_MAPPINGS = {
     "SMPLXFit": SMPLXFit,
     "ShapeAlign": ShapeAlign,
     "RenderGuidance": RenderGuidance,
+    "SVDAnimationLoader": SVDAnimationLoader,
+    "SVDAnimateSampler": SVDAnimateSampler,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "LoadReference": "Load Reference (Marionette)",
@@ -26,4 +29,6 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "SMPLXFit": "SMPL-X / Anny Body Fit (Marionette)",
     "ShapeAlign": "Shape Align to Reference (Marionette)",
     "RenderGuidance": "Render Guidance Maps (Marionette)",
+    "SVDAnimationLoader": "SVD Animation Loader (Marionette)",
+    "SVDAnimateSampler": "SVD Animate Sampler (Marionette)",
 }

@@ -15,6 +15,7 @@ FOLDERS = {
     "dwpose": ("dwpose", {".onnx"}),
     "mediapipe": ("mediapipe", {".tflite"}),
     "smplx": ("smplx", {".npz", ".pkl"}),
+    "animation": ("animation", {".pth", ".pt", ".bin", ".ckpt", ".safetensors"}),  # MimicMotion, StableAnimator
 }
 
 
@@ -35,6 +36,7 @@ def register_folders() -> None:
         "dwpose": [os.path.join(folder_paths.models_dir, "DWPose")] + _controlnet_aux_dwpose_dirs(),
         "mediapipe": [EMBEDDED_MEDIAPIPE],   # searched last: a user's own copy wins
         "smplx": [],
+        "animation": [],
     }
     for name, (sub, exts) in FOLDERS.items():
         default = os.path.join(folder_paths.models_dir, sub)
