@@ -6,7 +6,7 @@ import pytest
 import torch
 
 OUR_NODES = ("LoadReference", "DWPoseExtract", "PoseAlign", "SavePoseKeypoint", "SMPLXFit", "ShapeAlign",
-             "RenderGuidance")
+             "RenderGuidance", "SVDAnimationLoader", "SVDAnimateSampler")
 EMBEDDED = "embedded (BlazePose)"
 
 

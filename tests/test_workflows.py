@@ -10,10 +10,13 @@ from harness.media import read_video
 from harness.workflow import to_api
 
 
-def run_workflow(host, name):
-    """Runs a shipped workflow; returns the result and a map class_type → node ids."""
+def run_workflow(host, name, overrides=None):
+    """Runs a shipped workflow (widget `overrides` by class type); returns the result and a map
+    class_type → node ids."""
     with open(ROOT / "workflows" / name) as f:
         prompt = to_api(json.load(f), host.nodes.NODE_CLASS_MAPPINGS)
+    for node in prompt.values():
+        node["inputs"].update((overrides or {}).get(node["class_type"], {}))
     result = host.run(prompt)
     assert result.success, result.error
     ids = {}
@@ -30,7 +33,7 @@ def newest(host, pattern):
 
 def test_every_workflow_has_a_run_test():
     shipped = {os.path.basename(p) for p in glob.glob(str(ROOT / "workflows" / "*.json"))}
-    assert shipped == {"pose_extraction.json", "champ_guidance.json", "vividpose_guidance.json"}
+    assert shipped == {"pose_extraction.json", "champ_guidance.json", "vividpose_guidance.json", "mimicmotion.json"}
 
 
 def test_pose_extraction_workflow_runs_and_writes_its_outputs(comfy_host, synthetic_media):
@@ -96,3 +99,15 @@ def test_missing_smplx_file_names_file_folder_and_licence(comfy_host, gender):
     message = result.error["exception_message"]
     assert f"SMPLX_{gender.upper()}.npz" in message and "models/smplx" in message.replace("\\", "/")
     assert "licence" in message
+
+
+def test_mimicmotion_workflow_makes_a_video_with_the_tiny_model(comfy_host, synthetic_media):
+    """The shipped graph end to end on the untrained tiny model (2 steps to stay fast)."""
+    result, ids = run_workflow(comfy_host, "mimicmotion.json", {"SVDAnimateSampler": {"steps": 2}})
+    frames = synthetic_media["driving"].num_frames
+    video = read_video(newest(comfy_host, "mimicmotion_*.mp4"))
+    assert video.shape[:3] == (frames, 768, 512)
+    sampler = ids["SVDAnimateSampler"][0]
+    info = result.ui[sampler]["marionette_svd"][0]
+    assert info["tiny"] and "untrained" in info["warning"]
+    assert tuple(result.output(sampler, 1)["samples"].shape) == (frames, 4, 96, 64)

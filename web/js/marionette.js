@@ -3,7 +3,7 @@
 import { app } from "../../../scripts/app.js";
 
 const OUR_NODES = new Set(["LoadReference", "DWPoseExtract", "PoseAlign", "SavePoseKeypoint", "SMPLXFit",
-  "ShapeAlign", "RenderGuidance"]);
+  "ShapeAlign", "RenderGuidance", "SVDAnimationLoader", "SVDAnimateSampler"]);
 window.__marionette = { loaded: true, setup: false, seen: [] };
 
 function statusText(message) {
@@ -22,6 +22,10 @@ function statusText(message) {
     return `${b.model} body fitted to ${b.frames} frame${b.frames === 1 ? "" : "s"}, ` +
       `reprojection error ${Number(b.reprojection_px).toFixed(1)} px` +
       (b.interpolated ? `; ${b.interpolated} frame(s) without a person interpolated` : "");
+  }
+  if (message.marionette_svd) {
+    const v = message.marionette_svd[0];
+    return `${v.frames} frames from ${v.model}` + (v.warning ? `\n${v.warning}` : "");
   }
   if (message.marionette_reference) {
     const r = message.marionette_reference[0];
