@@ -1,5 +1,6 @@
 """ComfyUI node classes: thin wrappers that turn node inputs into `models/` calls."""
 from .body import ShapeAlign, SMPLXFit
+from .face_id import IDAdapterApply
 from .model_paths import register_folders
 from .pose import DWPoseExtract
 from .pose_align import PoseAlign
@@ -20,6 +21,7 @@ NODE_CLASS_MAPPINGS = {
     "RenderGuidance": RenderGuidance,
     "SVDAnimationLoader": SVDAnimationLoader,
     "SVDAnimateSampler": SVDAnimateSampler,
+    "IDAdapterApply": IDAdapterApply,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "LoadReference": "Load Reference (Marionette)",
@@ -31,4 +33,5 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "RenderGuidance": "Render Guidance Maps (Marionette)",
     "SVDAnimationLoader": "SVD Animation Loader (Marionette)",
     "SVDAnimateSampler": "SVD Animate Sampler (Marionette)",
+    "IDAdapterApply": "ID Adapter Apply, StableAnimator face (Marionette)",
 }

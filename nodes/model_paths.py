@@ -16,6 +16,7 @@ FOLDERS = {
     "mediapipe": ("mediapipe", {".tflite"}),
     "smplx": ("smplx", {".npz", ".pkl"}),
     "animation": ("animation", {".pth", ".pt", ".bin", ".ckpt", ".safetensors"}),  # MimicMotion, StableAnimator
+    "insightface": ("insightface", {".onnx"}),  # root of insightface packs: models/antelopev2/*.onnx
 }
 
 
@@ -37,6 +38,7 @@ def register_folders() -> None:
         "mediapipe": [EMBEDDED_MEDIAPIPE],   # searched last: a user's own copy wins
         "smplx": [],
         "animation": [],
+        "insightface": [],
     }
     for name, (sub, exts) in FOLDERS.items():
         default = os.path.join(folder_paths.models_dir, sub)

@@ -28,6 +28,7 @@ SOURCES = {
                       "(unet.pth with pose_net.pth beside it)",
 }
 SIZE_MULTIPLE = 64
+FACE_TOKENS_KEY = "marionette_face_tokens"  # model_options entry IDAdapterApply sets on its clone
 POSE_NET_CHUNK = 16  # pose frames per PoseNet call, so long videos do not hold every activation at once
 TINY_WARNING = ("untrained tiny model: the frames are noise, not an animation. Put the real weights in "
                 "place: the SVD-xt diffusers folder (stable-video-diffusion-img2vid-xt) in {diffusers} and "
@@ -46,7 +47,8 @@ class SVDAnimationModel(nn.Module):
         super().__init__()
         self.unet, self.pose_net = base.unet, base.pose_net
         self.vae, self.image_encoder = base.vae, base.image_encoder
-        self.face_encoder = None  # StableAnimator's face encoder comes with IDAdapterApply
+        # StableAnimator's face tokens come from IDAdapterApply, on a ModelPatcher clone's model_options
+        # (this container is shared by every clone, so it never holds per-reference state)
         self.animation, self.tiny = animation, tiny
         self.dtype_ = base.dtype
         self.vae_scaling_factor = base.vae_scaling_factor
@@ -290,20 +292,21 @@ class SVDAnimateSampler:
             net.animation, steps=steps, cfg_min=cfg_min, cfg_max=cfg_max, fps=fps,
             motion_bucket_id=motion_bucket_id, noise_aug_strength=noise_aug_strength, tile_size=tile_size,
             tile_overlap=tile_overlap, seed=seed)
+        face_tokens = model.model_options.get(FACE_TOKENS_KEY)
         load_on_device(model)
-        latents = self._sample(net, reference_image, poses, settings, unique_id)
+        latents = self._sample(net, reference_image, poses, settings, unique_id, face_tokens)
         frames = self._decode(net, latents, decode_chunk)
-        return {"ui": self._ui(net, frames, fps),
+        return {"ui": self._ui(net, frames, fps, face_tokens is not None),
                 "result": (frames, {"samples": latents.to(mm.intermediate_device())})}
 
     @staticmethod
-    def _sample(net, reference, poses, settings, unique_id) -> torch.Tensor:
+    def _sample(net, reference, poses, settings, unique_id, face_tokens=None) -> torch.Tensor:
         from ..models.svd.conditioning import clip_image_embedding, reference_latent
         from ..models.svd.sampler import sample
         device, dtype = mm.get_torch_device(), net.get_dtype()
         reference = reference.float().cpu()
         clip = clip_image_embedding(net.image_encoder, reference, net.clip_mean, net.clip_std)
-        cond, uncond = _contexts(net, clip, None)
+        cond, uncond = _contexts(net, clip, face_tokens)
         generator = torch.Generator(device=device).manual_seed(settings.seed)
         ref_latent = reference_latent(net.vae, reference, 1, settings.noise_aug_strength, generator, dtype)[0, 0]
         pose_features = _pose_features(net, poses, device, dtype)
@@ -321,10 +324,10 @@ class SVDAnimateSampler:
         return torch.cat(pieces).to(mm.intermediate_device())
 
     @staticmethod
-    def _ui(net, frames, fps) -> dict:
+    def _ui(net, frames, fps, face_id=False) -> dict:
         uint8 = (frames.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
         ui = preview_ui(np.ascontiguousarray(uint8), fps=fps, prefix="marionette_svd")
-        info = {"frames": int(frames.shape[0]), "model": net.animation, "tiny": net.tiny}
+        info = {"frames": int(frames.shape[0]), "model": net.animation, "tiny": net.tiny, "face_id": face_id}
         if net.tiny:
             info["warning"] = TINY_WARNING.format(
                 diffusers=os.path.join(folder_paths.models_dir, "diffusers"),

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 OUR_NODES = ("LoadReference", "DWPoseExtract", "PoseAlign", "SavePoseKeypoint", "SMPLXFit", "ShapeAlign",
-             "RenderGuidance", "SVDAnimationLoader", "SVDAnimateSampler")
+             "RenderGuidance", "SVDAnimationLoader", "SVDAnimateSampler",
+             "IDAdapterApply")
 EMBEDDED = "embedded (BlazePose)"
 
 

@@ -3,7 +3,8 @@
 import { app } from "../../../scripts/app.js";
 
 const OUR_NODES = new Set(["LoadReference", "DWPoseExtract", "PoseAlign", "SavePoseKeypoint", "SMPLXFit",
-  "ShapeAlign", "RenderGuidance", "SVDAnimationLoader", "SVDAnimateSampler"]);
+  "ShapeAlign", "RenderGuidance", "SVDAnimationLoader", "SVDAnimateSampler",
+  "IDAdapterApply"]);
 window.__marionette = { loaded: true, setup: false, seen: [] };
 
 function statusText(message) {
@@ -26,6 +27,10 @@ function statusText(message) {
   if (message.marionette_svd) {
     const v = message.marionette_svd[0];
     return `${v.frames} frames from ${v.model}` + (v.warning ? `\n${v.warning}` : "");
+  }
+  if (message.marionette_face) {
+    const f = message.marionette_face[0];
+    return f.face ? `face found at [${f.box.join(", ")}], embedding norm ${f.embedding_norm}` : f.note;
   }
   if (message.marionette_reference) {
     const r = message.marionette_reference[0];

@@ -1,0 +1,140 @@
+"""IDAdapterApply: StableAnimator's face identity (antelopev2 embedding -> Face Encoder -> 4 face tokens)."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+import comfy.model_management as mm
+import folder_paths
+
+from ..models.errors import MarionetteError
+from .model_paths import FOLDERS, model_choices
+from .svd import FACE_TOKENS_KEY, SOURCES, SVDAnimationModel, load_on_device
+
+TINY_FACE_ENCODER = "tiny random (testing only)"
+OFFICIAL_FACE_ENCODER = ("Animation/face_encoder.pth",)
+NO_FACE_ERROR, NO_FACE_ZEROS = "error", "zeros, as the official code"
+_EMBEDDERS: dict[tuple, object] = {}  # loaded antelopev2 packs, reused across runs
+
+
+def _insightface_root() -> str:
+    """The first registered 'insightface' folder that holds the antelopev2 pack (else the default one,
+    so the error names where the files should go)."""
+    from ..models.svd.face_id import NEEDED_FILES, pack_folder
+    roots = folder_paths.get_folder_paths("insightface")
+    for root in roots:
+        if all(os.path.isfile(os.path.join(pack_folder(root), f)) for f in NEEDED_FILES):
+            return root
+    return os.path.join(folder_paths.models_dir, FOLDERS["insightface"][0])
+
+
+def _embedder(root: str):
+    from ..models.svd.face_id import FaceEmbedder, check_pack, default_providers
+    folder = check_pack(root)
+    key = (folder, tuple(default_providers()), os.path.getmtime(folder))
+    if key not in _EMBEDDERS:
+        _EMBEDDERS.clear()
+        _EMBEDDERS[key] = FaceEmbedder(root).prepare()
+    return _EMBEDDERS[key]
+
+
+def _face_encoder(choice: str, net: SVDAnimationModel):
+    from ..models.svd.face_id import load_face_encoder, tiny_face_encoder
+    token_dim = int(net.unet.config.cross_attention_dim)
+    if choice == TINY_FACE_ENCODER:
+        if not net.tiny:
+            raise MarionetteError("The tiny random face encoder only fits the tiny test model.",
+                                  "Pick Animation/face_encoder.pth (StableAnimator's face encoder).")
+        return tiny_face_encoder(token_dim)
+    path = folder_paths.get_full_path("animation", choice)
+    if not path or not os.path.isfile(path):
+        default = os.path.join(folder_paths.models_dir, FOLDERS["animation"][0])
+        raise MarionetteError(f"Face encoder '{choice}' was not found in the 'animation' model folders.",
+                              f"Download face_encoder.pth from {SOURCES['stableanimator']} and put it into "
+                              f"{default} as {choice}.")
+    encoder = load_face_encoder(path)
+    if encoder.cross_attention_dim != token_dim:
+        raise MarionetteError(f"{choice} makes {encoder.cross_attention_dim}-wide face tokens but this UNet "
+                              f"takes {token_dim}-wide ones.",
+                              f"Pick '{TINY_FACE_ENCODER}' for the tiny test model, or load StableAnimator's "
+                              "real UNet in SVD Animation Loader.")
+    return encoder
+
+
+def _reference_uint8(reference: torch.Tensor) -> np.ndarray:
+    if reference.ndim != 4 or reference.shape[0] != 1 or reference.shape[-1] != 3:
+        raise MarionetteError(f"The reference image must be one RGB frame; got shape {tuple(reference.shape)}.",
+                              "Pick one frame with ImageFromBatch (or connect LoadReference).")
+    pixels = (reference[0].float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+    return np.ascontiguousarray(pixels)
+
+
+class IDAdapterApply:
+    DESCRIPTION = ("StableAnimator only: finds the largest face in the reference with insightface antelopev2 "
+                   "(models/insightface/models/antelopev2), encodes its raw ArcFace embedding with the "
+                   "reference's CLIP embedding through StableAnimator's Face Encoder, and gives the model the 4 "
+                   "face tokens. SVD Animate Sampler then uses them in the conditional pass (zeros in the "
+                   "unconditional one), as the official pipeline does.")
+    CATEGORY = "Marionette/Animation"
+    FUNCTION = "apply"
+    RETURN_TYPES = ("SVD_ANIMATION_MODEL",)
+    RETURN_NAMES = ("model",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("SVD_ANIMATION_MODEL", {"tooltip": "A StableAnimator model from SVD Animation Loader."}),
+            "reference_image": ("IMAGE", {"tooltip": "The same reference frame as the sampler's."}),
+            "face_encoder": ([TINY_FACE_ENCODER] + model_choices("animation", OFFICIAL_FACE_ENCODER), {
+                "default": OFFICIAL_FACE_ENCODER[0],
+                "tooltip": "StableAnimator's face_encoder.pth in models/animation; the tiny random one only "
+                           "fits the tiny test model."}),
+            "face_analysis": (["antelopev2"], {"tooltip": "insightface pack in models/insightface/models."}),
+            "no_face": ([NO_FACE_ERROR, NO_FACE_ZEROS], {
+                "tooltip": "Without a face: stop with an error, or go on with a zero embedding like the "
+                           "official code (the identity is then not preserved)."}),
+        }}
+
+    def apply(self, model, reference_image, face_encoder, face_analysis, no_face):
+        net = getattr(model, "model", None)
+        if not isinstance(net, SVDAnimationModel):
+            raise MarionetteError("The model input is not an SVD animation model.",
+                                  "Connect the output of SVD Animation Loader.")
+        if net.animation != "stableanimator":
+            raise MarionetteError(f"IDAdapterApply needs StableAnimator; this model is {net.animation}, which "
+                                  "has no face adapter.",
+                                  "Set animation to StableAnimator in SVD Animation Loader, or remove this node.")
+        if face_analysis != "antelopev2":
+            raise MarionetteError(f"Unknown face analysis pack '{face_analysis}'.", "Pick antelopev2.")
+        image = _reference_uint8(reference_image)
+        embedding, box = _embedder(_insightface_root()).largest_face_embedding(image)
+        if embedding is None and no_face != NO_FACE_ZEROS:
+            raise MarionetteError(
+                "No face found in the reference image, so StableAnimator cannot keep the identity.",
+                "Use a reference where the face is visible and not tiny, or set no_face to "
+                f"'{NO_FACE_ZEROS}' to go on with a zero face embedding as the official code does.")
+        tokens = self._tokens(model, net, face_encoder, embedding, reference_image)
+        patched = model.clone()
+        patched.model_options[FACE_TOKENS_KEY] = tokens
+        return {"ui": {"marionette_face": [self._report(embedding, box)]}, "result": (patched,)}
+
+    @staticmethod
+    def _tokens(patcher, net, choice, embedding, reference) -> torch.Tensor:
+        from ..models.svd.conditioning import clip_image_embedding
+        from ..models.svd.face_id import face_tokens
+        encoder = _face_encoder(choice, net)
+        load_on_device(patcher)  # the CLIP image encoder runs on the model's device
+        clip = clip_image_embedding(net.image_encoder, reference.float().cpu(), net.clip_mean, net.clip_std)
+        encoder = torch.nn.Module.to(encoder, device=clip.device, dtype=clip.dtype)
+        tokens = face_tokens(encoder, embedding, clip)
+        return tokens.to(mm.intermediate_device())
+
+    @staticmethod
+    def _report(embedding, box) -> dict:
+        if embedding is None:
+            return {"face": False, "note": "no face found: using a zero face embedding, as the official code "
+                                           "does; the identity is not preserved"}
+        return {"face": True, "box": [round(float(v), 1) for v in box],
+                "embedding_norm": round(float(np.linalg.norm(embedding)), 3)}
