@@ -1,7 +1,6 @@
 """Tier 2: the pack inside a real ComfyUI 0.3.75 (custom_nodes discovery, validator, executor)."""
 import os
 
-import numpy as np
 import pytest
 import torch
 

@@ -5,7 +5,6 @@ normalised by the diagonal of the visible GT joints' bbox and counting only GT-v
 must reach 0.8 on the driving clip, a portrait clip with other motions, and the reference image.
 Run with `-s` to see the numbers (overall, per joint, and PCK@0.05).
 """
-import os
 
 import numpy as np
 import pytest
