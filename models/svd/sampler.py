@@ -143,13 +143,16 @@ def effective_tile(num_frames: int, settings: SamplerSettings) -> tuple[int, int
 
 def sample(unet: Callable, cond: torch.Tensor, uncond: torch.Tensor | None, ref_latent: torch.Tensor,
            pose_features: torch.Tensor | None, settings: SamplerSettings, num_frames: int | None = None,
-           on_step: Callable[[int, int, torch.Tensor], None] | None = None) -> torch.Tensor:
+           on_step: Callable[[int, int, torch.Tensor], None] | None = None,
+           refine: Callable[[torch.Tensor, int, int], torch.Tensor] | None = None) -> torch.Tensor:
     """Denoise a video and return its latents [F', 4, h, w] (float32, on `ref_latent`'s device), where
     F' = F - 1 with `settings.drop_first_frame`, else F.
 
     F is `pose_features.shape[0]`, or `num_frames` when there are no pose features. The UNet runs in the
     dtype of `cond`. `on_step(done, total, x0_preview)` is called after every step with the current
     denoised estimate of the returned frames; an exception raised there stops sampling and propagates.
+    `refine(x0, step, steps)` may replace the guided denoised estimate of all F frames before the Euler
+    step (StableAnimator's HJB face optimisation, `face_refine.FaceRefiner`).
     """
     frames = _frame_count(pose_features, num_frames)
     if settings.drop_first_frame and frames < 2:
@@ -166,6 +169,8 @@ def sample(unet: Callable, cond: torch.Tensor, uncond: torch.Tensor | None, ref_
         for step in range(total):
             sigma, sigma_next = plan.sigmas[step], plan.sigmas[step + 1]
             x0 = _denoise(unet, x, sigma, plan, cond, uncond, pose_features, settings.uses_cfg)
+            if refine is not None:
+                x0 = refine(x0, step, total)
             x = euler_step(x, x0, sigma, sigma_next)
             if on_step is not None:
                 on_step(step + 1, total, x0[keep:])

@@ -1,0 +1,265 @@
+"""HJB face refinement: the ArcFace R100 layout of glintr100_torch.pth, the IResNet forward against plain
+functional ops, face boxes, the refinement step against a re-derivation in the official structure (all
+frames decoded with one graph, loss over all, one backward per iteration), the learning-rate schedule and
+step window inside the sampler, inference-mode weights, and errors."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from marionette.models.errors import MarionetteError
+from marionette.models.svd.face_refine import (FaceRefiner, RefineSettings, crop_faces, face_box, face_boxes,
+                                               reference_embedding)
+from marionette.models.svd.iresnet import IResNet, load_iresnet100
+from marionette.models.svd.sampler import SamplerSettings, sample
+from marionette.models.svd.tiny import tiny_animation_model
+
+TINY_NET = dict(blocks=(1, 2, 1, 1), widths=(8, 8, 16, 16), embedding_size=24)
+H = W = 64  # pixels; latents 8x8
+
+
+def tiny_embedder(seed: int = 0) -> IResNet:
+    torch.manual_seed(seed)
+    net = IResNet(**TINY_NET)
+    with torch.no_grad():  # non-trivial BN statistics and PReLU slopes, as a trained net has
+        for module in net.modules():
+            if isinstance(module, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+                module.running_mean.normal_(0, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
+                module.weight.normal_(1, 0.1)
+                module.bias.normal_(0, 0.1)
+            if isinstance(module, torch.nn.PReLU):
+                module.weight.uniform_(0.1, 0.3)
+    return net.eval().requires_grad_(False)
+
+
+# --------------------------------------------------------------------------------------------- R100
+def test_r100_has_the_layout_of_glintr100_torch():
+    with torch.device("meta"):
+        state = IResNet().state_dict()
+    # stem 7, 49 blocks x 18 (+6 for the first block of each stage's projection), tail 12
+    assert len(state) == 7 + 49 * 18 + 4 * 6 + 12 == 925
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    assert shapes["conv1.weight"] == (64, 3, 3, 3)
+    assert shapes["prelu.weight"] == (64,)
+    assert shapes["layer1.0.downsample.0.weight"] == (64, 64, 1, 1)
+    assert shapes["layer3.29.conv2.weight"] == (256, 256, 3, 3) and "layer3.30.bn1.weight" not in shapes
+    assert shapes["layer2.12.prelu.weight"] == (128,) and "layer2.13.conv1.weight" not in shapes
+    assert shapes["layer4.0.downsample.1.running_var"] == (512,)
+    assert shapes["fc.weight"] == (512, 512 * 7 * 7) and shapes["features.running_mean"] == (512,)
+    assert shapes["features.num_batches_tracked"] == () and "layer1.1.downsample.0.weight" not in shapes
+
+
+def functional_iresnet(net: IResNet, x: torch.Tensor) -> torch.Tensor:
+    """Plain functional ops over the state dict (eval-mode BN), in the official block order."""
+    s = net.state_dict()
+
+    def bn(x, p):
+        return F.batch_norm(x, s[p + ".running_mean"], s[p + ".running_var"], s[p + ".weight"], s[p + ".bias"],
+                            False, 0.0, 1e-5)
+
+    x = F.prelu(bn(F.conv2d(x, s["conv1.weight"], padding=1), "bn1"), s["prelu.weight"])
+    for stage in range(1, 5):
+        for index in range(len(getattr(net, f"layer{stage}"))):
+            p = f"layer{stage}.{index}"
+            stride = 2 if index == 0 else 1
+            out = F.conv2d(bn(x, p + ".bn1"), s[p + ".conv1.weight"], padding=1)
+            out = F.prelu(bn(out, p + ".bn2"), s[p + ".prelu.weight"])
+            out = bn(F.conv2d(out, s[p + ".conv2.weight"], stride=stride, padding=1), p + ".bn3")
+            if p + ".downsample.0.weight" in s:
+                x = bn(F.conv2d(x, s[p + ".downsample.0.weight"], stride=stride), p + ".downsample.1")
+            x = out + x
+    x = bn(x, "bn2").flatten(1)
+    return bn(F.linear(x, s["fc.weight"], s["fc.bias"]), "features")
+
+
+def test_iresnet_forward_equals_functional_ops():
+    net = tiny_embedder()
+    x = torch.rand(3, 3, 112, 112) * 2 - 1
+    assert torch.allclose(net(x), functional_iresnet(net, x), atol=1e-5)
+
+
+def test_load_iresnet100_is_strict_and_names_the_file(tmp_path):
+    with torch.device("meta"):
+        reference = IResNet().state_dict()
+    state = {k: torch.zeros(v.shape, dtype=v.dtype) for k, v in reference.items()}
+    good = tmp_path / "glintr100_torch.pth"
+    torch.save(state, good)
+    model = load_iresnet100(good)
+    assert not model.training and not any(p.requires_grad for p in model.parameters())
+    del state["fc.bias"]
+    state["head.weight"] = torch.zeros(2)
+    bad = tmp_path / "other.pth"
+    torch.save(state, bad)
+    with pytest.raises(MarionetteError, match=r"other\.pth.*missing: fc\.bias.*unexpected: head\.weight"):
+        load_iresnet100(bad)
+
+
+# -------------------------------------------------------------------------------------------- boxes
+def test_face_box_is_inclusive_and_thresholded():
+    mask = torch.zeros(10, 12)
+    mask[2:5, 3:9] = 1.0
+    mask[7, 0] = 0.4  # below the threshold
+    assert face_box(mask) == (2, 4, 3, 8)
+    assert face_box(torch.zeros(4, 4)) is None
+    boxes = face_boxes(torch.stack([mask, torch.zeros_like(mask)]), (20, 24))  # resized x2, nearest
+    assert boxes == [(4, 9, 6, 17), None]
+
+
+def test_crop_faces_resizes_the_box_bilinearly():
+    frames = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 3, 8, 8)
+    crops = crop_faces(frames, [(1, 4, 2, 5), (0, 7, 0, 7)])
+    expected = F.interpolate(frames[:1, :, 1:5, 2:6], size=(112, 112), mode="bilinear", align_corners=False)
+    assert crops.shape == (2, 3, 112, 112) and torch.equal(crops[:1], expected)
+
+
+# ------------------------------------------------------------------------------------ refinement
+@pytest.fixture(scope="module")
+def tiny():
+    model = tiny_animation_model("stableanimator", seed=3)
+    gen = torch.Generator().manual_seed(5)
+    x0 = torch.randn(6, 4, H // 8, W // 8, generator=gen)
+    boxes = [(10, 40, 12, 44), (8, 30, 20, 50), (0, 63, 0, 63), (20, 50, 5, 35), (12, 44, 12, 44), (30, 60, 30, 60)]
+    embedder = tiny_embedder(1)
+    reference = reference_embedding(embedder, torch.rand(3, H, W, generator=gen), (5, 50, 8, 52))
+    return model, x0, boxes, embedder, reference
+
+
+def official_loss(vae, embedder, reference, z0, boxes, chunk, factor):
+    """The official step's loss: decode every frame (chunks of `chunk`, one graph), post-process to 8-bit
+    range and back, crop, embed, mean |1 - cos| over all frames."""
+    latents = z0 / factor
+    frames = torch.cat([vae.decode(latents[i:i + chunk], num_frames=latents[i:i + chunk].shape[0]).sample
+                        for i in range(0, latents.shape[0], chunk)])
+    frames = ((frames / 2 + 0.5).clamp(0, 1) * 255).clamp(0, 255) / 255
+    frames = (frames - 0.5) / 0.5
+    crops = torch.cat([F.interpolate(frames[k:k + 1, :, y0:y1 + 1, x0:x1 + 1], size=(112, 112),
+                                     mode="bilinear", align_corners=False)
+                       for k, (y0, y1, x0, x1) in enumerate(boxes)])
+    cosine = torch.nn.CosineSimilarity(dim=1)(embedder(crops), reference.repeat(len(boxes), 1))
+    return (1 - cosine).abs().mean()
+
+
+def official_refinement(vae, embedder, reference, x0, boxes, lr, iterations, chunk, factor):
+    """Fresh Adam on a detached copy of x0, one backward of the whole loss per iteration."""
+    z0 = x0.clone().detach().requires_grad_(True)
+    optimiser = torch.optim.Adam([z0], lr=lr)
+    losses = []
+    for _ in range(iterations):
+        loss = official_loss(vae, embedder, reference, z0, boxes, chunk, factor)
+        optimiser.zero_grad()
+        loss.backward(retain_graph=True)
+        optimiser.step()
+        losses.append(loss.item())
+    return z0.detach(), losses
+
+
+@pytest.mark.parametrize("chunk", [4, 6])
+def test_chunked_gradient_equals_the_whole_graph_gradient(tiny, chunk):
+    model, x0, boxes, embedder, reference = tiny
+    refiner = FaceRefiner(embedder, reference, boxes, model.vae, model.vae_scaling_factor,
+                          RefineSettings(decode_chunk=chunk, gradient_checkpointing=False))
+    with torch.enable_grad():
+        ours = x0.clone().requires_grad_(True)
+        loss = refiner._backward(ours)
+        theirs = x0.clone().requires_grad_(True)
+        official = official_loss(model.vae, embedder, reference, theirs, boxes, chunk, model.vae_scaling_factor)
+        official.backward()
+    assert abs(loss - official.item()) < 1e-6
+    scale = theirs.grad.abs().max()
+    assert scale > 0 and (ours.grad - theirs.grad).abs().max() < 1e-5 * scale
+
+
+def test_refinement_matches_the_official_structure(tiny):
+    model, x0, boxes, embedder, reference = tiny
+    settings = RefineSettings(decode_chunk=4, gradient_checkpointing=False)
+    refiner = FaceRefiner(embedder, reference, boxes, model.vae, model.vae_scaling_factor, settings)
+    ours = refiner(x0, 2, 25)
+    with torch.enable_grad():
+        theirs, losses = official_refinement(model.vae, embedder, reference, x0, boxes, 0.1 * (1 - 2 / 25), 3, 4,
+                                             model.vae_scaling_factor)
+    moved = (theirs - x0).abs()
+    assert moved.max() > 0.2  # Adam moves every element by about lr per iteration
+    # Adam divides each gradient by its own magnitude, so rounding in near-zero gradients shows at ~1e-4
+    assert (ours - theirs).abs().max() < 5e-4 * moved.max()
+    assert refiner.losses == [pytest.approx(losses, abs=1e-6)]
+
+
+def test_checkpointing_gives_the_same_result_and_leaves_the_vae_as_it_was(tiny):
+    model, x0, boxes, embedder, reference = tiny
+    results = []
+    for flag in (False, True):
+        refiner = FaceRefiner(embedder, reference, boxes, model.vae, model.vae_scaling_factor,
+                              RefineSettings(gradient_checkpointing=flag))
+        results.append(refiner(x0, 0, 25))
+    assert (results[0] - results[1]).abs().max() < 1e-6
+    assert not model.vae.is_gradient_checkpointing
+
+
+def test_refinement_lowers_the_identity_loss(tiny):
+    model, x0, boxes, embedder, reference = tiny
+    refiner = FaceRefiner(embedder, reference, boxes, model.vae, model.vae_scaling_factor,
+                          RefineSettings(iterations=6, learning_rate=0.05))
+    refiner(x0, 0, 25)
+    history = refiner.losses[0]
+    assert history[-1] < 0.9 * history[0], history
+
+
+def test_frames_without_a_face_are_left_out(tiny):
+    model, x0, boxes, embedder, reference = tiny
+    partial = [None] + boxes[1:4] + [None, None]
+    refiner = FaceRefiner(embedder, reference, partial, model.vae, model.vae_scaling_factor,
+                          RefineSettings(decode_chunk=2, gradient_checkpointing=False))
+    ours = refiner(x0, 0, 25)
+    # the mean over the frames with faces; the last chunk (no faces) is never decoded and stays put
+    assert torch.equal(ours[4:], x0[4:])
+    assert (ours[:4] - x0[:4]).abs().max() > 0.01
+
+
+def test_weights_made_in_inference_mode_still_refine(tiny):
+    """ComfyUI builds and moves models under torch.inference_mode; the refiner must still get gradients."""
+    _, x0, boxes, _, reference = tiny
+    with torch.inference_mode():
+        model = tiny_animation_model("stableanimator", seed=3)
+        embedder = tiny_embedder(1)
+        refiner = FaceRefiner(embedder, reference, boxes, model.vae, model.vae_scaling_factor)
+        refined = refiner(x0.clone(), 0, 25)
+    assert (refined - x0).abs().max() > 0.01
+
+
+def test_sampler_refines_only_the_configured_steps(tiny):
+    model, _, boxes, embedder, reference = tiny
+    settings = RefineSettings(start_step=1, end_step=2, iterations=1)
+    refiner = FaceRefiner(embedder, reference, boxes[:3], model.vae, model.vae_scaling_factor, settings)
+    seen = []
+
+    def spy(x0, step, steps):
+        seen.append((step, steps, settings.step_learning_rate(step, steps)))
+        return refiner(x0, step, steps)
+
+    unet = model.unet
+    clip = torch.randn(1, 5, model.unet_config["cross_attention_dim"])
+    pose = model.pose_net(torch.rand(3, 3, H, W) * 2 - 1)
+    ref = torch.randn(4, H // 8, W // 8)
+    run = dict(settings=SamplerSettings(steps=4, cfg_min=1.0, cfg_max=1.0))
+    plain = sample(unet, clip, None, ref, pose, **run)
+    refined = sample(unet, clip, None, ref, pose, refine=spy, **run)
+    assert [s[0] for s in seen] == [0, 1, 2, 3] and {s[1] for s in seen} == {4}
+    assert [round(s[2], 6) for s in seen[1:3]] == [0.075, 0.05]
+    assert len(refiner.losses) == 2 and (plain - refined).abs().max() > 1e-4
+
+
+def test_errors_are_clear(tiny):
+    model, x0, boxes, embedder, reference = tiny
+    with pytest.raises(MarionetteError, match="No frame has a face box"):
+        FaceRefiner(embedder, reference, [None] * 6, model.vae, model.vae_scaling_factor)
+    refiner = FaceRefiner(embedder, reference, boxes[:2], model.vae, model.vae_scaling_factor)
+    with pytest.raises(MarionetteError, match="2 face boxes for 6 frames"):
+        refiner(x0, 0, 25)
+    with pytest.raises(MarionetteError, match="end_step 3 is before start_step 5"):
+        RefineSettings(start_step=5, end_step=3)
+    with pytest.raises(MarionetteError, match="learning rate must be positive"):
+        RefineSettings(learning_rate=0.0)
+    with pytest.raises(MarionetteError, match="iterations"):
+        RefineSettings(iterations=0)
+    with pytest.raises(MarionetteError, match=r"\[N, 3, 112, 112\]"):
+        embedder(torch.zeros(1, 3, 64, 64))
