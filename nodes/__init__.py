@@ -1,6 +1,7 @@
 """ComfyUI node classes: thin wrappers that turn node inputs into `models/` calls."""
 from .body import ShapeAlign, SMPLXFit
 from .face_id import IDAdapterApply
+from .face_refine import HJBFaceRefine
 from .model_paths import register_folders
 from .pose import DWPoseExtract
 from .pose_align import PoseAlign
@@ -22,6 +23,7 @@ NODE_CLASS_MAPPINGS = {
     "SVDAnimationLoader": SVDAnimationLoader,
     "SVDAnimateSampler": SVDAnimateSampler,
     "IDAdapterApply": IDAdapterApply,
+    "HJBFaceRefine": HJBFaceRefine,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "LoadReference": "Load Reference (Marionette)",
@@ -34,4 +36,5 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "SVDAnimationLoader": "SVD Animation Loader (Marionette)",
     "SVDAnimateSampler": "SVD Animate Sampler (Marionette)",
     "IDAdapterApply": "ID Adapter Apply, StableAnimator face (Marionette)",
+    "HJBFaceRefine": "HJB Face Refine, StableAnimator (Marionette)",
 }

@@ -202,6 +202,25 @@ def _contexts(model: SVDAnimationModel, clip: torch.Tensor, face_tokens):
     return unet_context(clip, face_tokens), null_unet_context(clip, face_tokens)
 
 
+def _face_refiner(net: SVDAnimationModel, spec, pose_images: torch.Tensor):
+    """The sampler's HJB hook: one face box per sampled frame (MimicMotion's anchor frame has none)."""
+    from ..models.svd.face_refine import FaceRefiner, face_boxes
+    frames, size = int(pose_images.shape[0]), (int(pose_images.shape[1]), int(pose_images.shape[2]))
+    if spec.target_masks.shape[0] != frames:
+        raise MarionetteError(f"HJB Face Refine has {spec.target_masks.shape[0]} target face masks for {frames} "
+                              "pose frames.",
+                              "Build it from the same aligned pose (or one face mask per pose frame).")
+    if spec.tiny and not net.tiny:
+        raise MarionetteError("The tiny random face model only fits the tiny test model.",
+                              "Pick Animation/glintr100_torch.pth in HJB Face Refine.")
+    boxes = face_boxes(spec.target_masks, size)
+    if net.animation == "mimicmotion":
+        boxes = [None] + boxes
+    embedder = spec.embedder.to(mm.get_torch_device())
+    return FaceRefiner(embedder, spec.reference, boxes, net.vae, net.vae_scaling_factor, spec.settings,
+                       check=check_interrupt)
+
+
 def _pose_features(model: SVDAnimationModel, poses: torch.Tensor, device, dtype) -> torch.Tensor:
     from ..models.svd.pose_net import pose_images_to_input
     pieces = []
@@ -270,13 +289,15 @@ class SVDAnimateSampler:
             "optional": {
                 "reference_pose": ("IMAGE", {"tooltip": "MimicMotion: the reference's own skeleton (first "
                                                         "frame used); without it the first pose frame is used."}),
+                "face_refine": ("HJB_FACE_REFINE", {"tooltip": "HJB Face Refine: StableAnimator's face "
+                                                               "optimisation during sampling (slow)."}),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
     def animate(self, model, reference_image, pose_images, steps, cfg_min, cfg_max, fps, motion_bucket_id,
                 noise_aug_strength, tile_size, tile_overlap, seed, decode_chunk, reference_pose=None,
-                unique_id=None):
+                face_refine=None, unique_id=None):
         from ..models.svd.sampler import SamplerSettings
         net = model.model
         if not isinstance(net, SVDAnimationModel):
@@ -294,13 +315,18 @@ class SVDAnimateSampler:
             tile_overlap=tile_overlap, seed=seed)
         face_tokens = model.model_options.get(FACE_TOKENS_KEY)
         load_on_device(model)
-        latents = self._sample(net, reference_image, poses, settings, unique_id, face_tokens)
+        refiner = None if face_refine is None else _face_refiner(net, face_refine, pose_images)
+        try:
+            latents = self._sample(net, reference_image, poses, settings, unique_id, face_tokens, refiner)
+        finally:
+            if face_refine is not None:
+                face_refine.embedder.to(mm.unet_offload_device())
         frames = self._decode(net, latents, decode_chunk)
-        return {"ui": self._ui(net, frames, fps, face_tokens is not None),
+        return {"ui": self._ui(net, frames, fps, face_tokens is not None, refiner),
                 "result": (frames, {"samples": latents.to(mm.intermediate_device())})}
 
     @staticmethod
-    def _sample(net, reference, poses, settings, unique_id, face_tokens=None) -> torch.Tensor:
+    def _sample(net, reference, poses, settings, unique_id, face_tokens=None, refiner=None) -> torch.Tensor:
         from ..models.svd.conditioning import clip_image_embedding, reference_latent
         from ..models.svd.sampler import sample
         device, dtype = mm.get_torch_device(), net.get_dtype()
@@ -312,7 +338,7 @@ class SVDAnimateSampler:
         pose_features = _pose_features(net, poses, device, dtype)
         report = _StepReport(settings.steps, unique_id, device)
         return sample(net.unet, cond, uncond if settings.uses_cfg else None, ref_latent, pose_features,
-                      settings, on_step=report)
+                      settings, on_step=report, refine=refiner)
 
     @staticmethod
     def _decode(net, latents, chunk) -> torch.Tensor:
@@ -324,10 +350,13 @@ class SVDAnimateSampler:
         return torch.cat(pieces).to(mm.intermediate_device())
 
     @staticmethod
-    def _ui(net, frames, fps, face_id=False) -> dict:
+    def _ui(net, frames, fps, face_id=False, refiner=None) -> dict:
         uint8 = (frames.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
         ui = preview_ui(np.ascontiguousarray(uint8), fps=fps, prefix="marionette_svd")
         info = {"frames": int(frames.shape[0]), "model": net.animation, "tiny": net.tiny, "face_id": face_id}
+        if refiner is not None and refiner.losses:
+            info["face_refine"] = {"steps_refined": len(refiner.losses), "loss_first": refiner.losses[0][0],
+                                   "loss_last": refiner.losses[-1][-1]}
         if net.tiny:
             info["warning"] = TINY_WARNING.format(
                 diffusers=os.path.join(folder_paths.models_dir, "diffusers"),

@@ -6,7 +6,7 @@ import torch
 
 OUR_NODES = ("LoadReference", "DWPoseExtract", "PoseAlign", "SavePoseKeypoint", "SMPLXFit", "ShapeAlign",
              "RenderGuidance", "SVDAnimationLoader", "SVDAnimateSampler",
-             "IDAdapterApply")
+             "IDAdapterApply", "HJBFaceRefine")
 EMBEDDED = "embedded (BlazePose)"
 
 

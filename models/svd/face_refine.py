@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -136,7 +137,8 @@ class FaceRefiner:
     configured steps and x0 itself at the others.
 
     `boxes` has one entry per sampled frame (None = no face there; MimicMotion's anchor frame 0 gets None).
-    `losses` collects, per refined step, the loss before each Adam update."""
+    `losses` collects, per refined step, the loss before each Adam update. `check()` runs before every
+    iteration (cancel: raise there)."""
     embedder: torch.nn.Module
     reference: torch.Tensor  # [D] reference face embedding
     boxes: list[Box | None]
@@ -144,6 +146,7 @@ class FaceRefiner:
     scaling_factor: float
     settings: RefineSettings = field(default_factory=RefineSettings)
     losses: list[list[float]] = field(default_factory=list)
+    check: Callable[[], None] | None = None
 
     def __post_init__(self):
         if not any(box is not None for box in self.boxes):
@@ -164,6 +167,8 @@ class FaceRefiner:
             optimiser = torch.optim.Adam([latent], lr=self.settings.step_learning_rate(step, steps))
             history = []
             for _ in range(self.settings.iterations):
+                if self.check is not None:
+                    self.check()
                 optimiser.zero_grad()
                 history.append(self._backward(latent))
                 optimiser.step()

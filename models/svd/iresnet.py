@@ -92,3 +92,14 @@ def load_iresnet100(path: str | os.PathLike, dtype: torch.dtype = torch.float32)
             f"Use {OFFICIAL_FILE} from Hugging Face FrancisRing/StableAnimator (folder Animation/).")
     model.load_state_dict(state_dict, strict=True, assign=True)
     return nn.Module.to(model, dtype=dtype).eval().requires_grad_(False)
+
+
+def tiny_iresnet(seed: int = 0) -> IResNet:
+    """A small random IResNet (no download) for tests and the demo; its embeddings mean nothing."""
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        model = IResNet(blocks=(1, 1, 1, 1), widths=(8, 8, 16, 16), embedding_size=32)
+    finally:
+        torch.random.set_rng_state(state)
+    return model.eval().requires_grad_(False)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from ..pose.types import VISIBLE
+from ..pose.types import VISIBLE, PoseFrame
 from . import ssd
 from .image import Affine, check_rgb, letterbox
 from .tflite import TFLiteModel
@@ -29,6 +29,7 @@ FACE_KEYPOINTS = ("right_eye", "left_eye", "nose_tip", "mouth_center", "right_ea
 FACE_EXPAND = 1.3  # BlazeFace's box runs brow to chin; ×1.3 takes in the hair line, the chin and the ears
 HAIR_SHIFT = 0.1   # the expanded box moves up by this fraction of the face box: more hair above than chin below
 OP_NOSE, OP_NECK, OP_R_EYE, OP_L_EYE, OP_R_EAR, OP_L_EAR = 0, 1, 14, 15, 16, 17  # OpenPose-18 indices
+MIN_FACE_POINTS = 20  # visible 68-point landmarks needed to trust their box over the head keypoints
 
 
 @dataclass
@@ -126,6 +127,17 @@ def face_box_from_body(body: np.ndarray) -> np.ndarray | None:
     return np.array([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2])
 
 
+def face_box_from_pose(body: np.ndarray, face: np.ndarray | None = None) -> np.ndarray | None:
+    """Brow-to-chin face box from a person's pose: the box of the 68 face landmarks [68, 3] when enough
+    are visible (they span brow to chin like BlazeFace's box), else `face_box_from_body`."""
+    if face is not None:
+        points = np.asarray(face, np.float64).reshape(-1, 3)
+        points = points[points[:, 2] > VISIBLE, :2]
+        if len(points) >= MIN_FACE_POINTS and np.ptp(points, axis=0).min() > 0:
+            return np.concatenate([points.min(axis=0), points.max(axis=0)])
+    return face_box_from_body(body)
+
+
 @dataclass
 class FaceRegion:
     box: np.ndarray | None  # expanded x0, y0, x1, y1 in image pixels, clipped; None if no face
@@ -134,9 +146,11 @@ class FaceRegion:
 
 
 def face_box_and_mask(image_size: tuple[int, int], faces: list[Face] | None = None,
-                      body: np.ndarray | None = None, expand: float = FACE_EXPAND,
+                      body: np.ndarray | None = None, face_points: np.ndarray | None = None,
+                      expand: float = FACE_EXPAND,
                       shape: str = "ellipse", feather: float = 0.2) -> FaceRegion:
-    """The face region of an image of `image_size`=(w, h): detector's best face, else the pose.
+    """The face region of an image of `image_size`=(w, h): detector's best face, else the pose (body
+    keypoints, and the 68 face landmarks `face_points` when given).
 
     The face box is scaled by `expand` about its centre, moved up by HAIR_SHIFT of its height
     and clipped to the image. The mask is 1
@@ -148,7 +162,7 @@ def face_box_and_mask(image_size: tuple[int, int], faces: list[Face] | None = No
     if faces:
         box, source = np.asarray(faces[0].box, np.float64), "detector"
     elif body is not None:
-        box = face_box_from_body(body)
+        box = face_box_from_pose(body, face_points)
         source = "pose" if box is not None else "none"
     if box is None:
         return FaceRegion(None, np.zeros((h, w), np.float32), "none")
@@ -180,3 +194,17 @@ def soft_shape_mask(image_size: tuple[int, int], box, shape: str = "ellipse", fe
     r = np.sqrt(dx ** 2 + dy ** 2) if shape == "ellipse" else np.maximum(np.abs(dx), np.abs(dy))
     out[r0:r1, c0:c1] = np.clip((1.0 - r) / max(float(feather), 1e-6), 0.0, 1.0)
     return out
+
+
+def pose_face_mask(frame: PoseFrame) -> np.ndarray:
+    """float32 [H, W] soft face mask (as `face_box_and_mask` draws it) of the person with the largest face
+    in a pose frame, zeros when no face can be placed."""
+    best, best_area = None, 0.0
+    for index in range(frame.num_people):
+        box = face_box_from_pose(frame.body[index], frame.face[index])
+        area = 0.0 if box is None else float(np.prod(box[2:] - box[:2]))
+        if area > best_area:
+            best, best_area = index, area
+    if best is None:
+        return np.zeros((frame.height, frame.width), np.float32)
+    return face_box_and_mask((frame.width, frame.height), body=frame.body[best], face_points=frame.face[best]).mask

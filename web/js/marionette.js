@@ -4,7 +4,7 @@ import { app } from "../../../scripts/app.js";
 
 const OUR_NODES = new Set(["LoadReference", "DWPoseExtract", "PoseAlign", "SavePoseKeypoint", "SMPLXFit",
   "ShapeAlign", "RenderGuidance", "SVDAnimationLoader", "SVDAnimateSampler",
-  "IDAdapterApply"]);
+  "IDAdapterApply", "HJBFaceRefine"]);
 window.__marionette = { loaded: true, setup: false, seen: [] };
 
 function statusText(message) {
@@ -26,7 +26,13 @@ function statusText(message) {
   }
   if (message.marionette_svd) {
     const v = message.marionette_svd[0];
-    return `${v.frames} frames from ${v.model}` + (v.warning ? `\n${v.warning}` : "");
+    const refine = v.face_refine ? `\nface refined at ${v.face_refine.steps_refined} steps, identity loss ` +
+      `${Number(v.face_refine.loss_first).toFixed(3)} → ${Number(v.face_refine.loss_last).toFixed(3)}` : "";
+    return `${v.frames} frames from ${v.model}` + refine + (v.warning ? `\n${v.warning}` : "");
+  }
+  if (message.marionette_face_refine) {
+    const r = message.marionette_face_refine[0];
+    return `face boxes in ${r.frames_with_face} of ${r.frames} frames` + (r.tiny ? "; tiny random face model" : "");
   }
   if (message.marionette_face) {
     const f = message.marionette_face[0];

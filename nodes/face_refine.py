@@ -1,0 +1,152 @@
+"""HJBFaceRefine: StableAnimator's inference-time face optimisation, as an option for SVD Animate Sampler."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+import folder_paths
+
+from ..models.errors import MarionetteError
+from .host import to_mask_tensor
+from .model_paths import FOLDERS, model_choices
+
+TINY_FACE_MODEL = "tiny random (testing only)"
+OFFICIAL_FACE_MODEL = ("Animation/glintr100_torch.pth",)
+FACE_MODEL_SOURCE = "the 'Animation' folder of Hugging Face 'FrancisRing/StableAnimator'"
+_MODELS: dict[tuple, torch.nn.Module] = {}
+
+
+@dataclass
+class FaceRefineSpec:
+    """What HJBFaceRefine hands to the sampler (type HJB_FACE_REFINE)."""
+    embedder: torch.nn.Module
+    reference: torch.Tensor      # [D] reference face embedding
+    target_masks: torch.Tensor   # [F, H, W] one face mask per output frame
+    settings: object             # models.svd.face_refine.RefineSettings
+    tiny: bool
+
+
+def _face_model(choice: str) -> torch.nn.Module:
+    """The R100, loaded once and outside inference mode (it is differentiated through)."""
+    from ..models.svd.iresnet import load_iresnet100, tiny_iresnet
+    if choice == TINY_FACE_MODEL:
+        key = (choice,)
+    else:
+        path = folder_paths.get_full_path("animation", choice)
+        if not path or not os.path.isfile(path):
+            default = os.path.join(folder_paths.models_dir, FOLDERS["animation"][0])
+            raise MarionetteError(f"Face model '{choice}' was not found in the 'animation' model folders.",
+                                  f"Download glintr100_torch.pth from {FACE_MODEL_SOURCE} and put it into "
+                                  f"{default} as {choice}.")
+        key = (path, os.path.getmtime(path))
+    if key not in _MODELS:
+        _MODELS.clear()
+        with torch.inference_mode(False):
+            _MODELS[key] = tiny_iresnet() if choice == TINY_FACE_MODEL else load_iresnet100(key[0])
+    return _MODELS[key]
+
+
+def _single_mask(mask: torch.Tensor, name: str) -> torch.Tensor:
+    if mask.ndim == 3:
+        mask = mask[0]
+    if mask.ndim != 2:
+        raise MarionetteError(f"{name} must be a MASK, got shape {tuple(mask.shape)}.",
+                              "Connect LoadReference's face_mask (or a loaded mask).")
+    return mask.float().cpu()
+
+
+def _target_masks(target_face_masks, target_pose) -> torch.Tensor:
+    if target_face_masks is not None:
+        masks = target_face_masks.float().cpu()
+        return masks[None] if masks.ndim == 2 else masks
+    if target_pose is None:
+        raise MarionetteError("HJB Face Refine needs the target faces: neither target_face_masks nor target_pose "
+                              "is connected.",
+                              "Connect PoseAlign's aligned_pose to target_pose (face boxes from the face "
+                              "landmarks), or a MASK batch with one face mask per output frame.")
+    from ..models.pose.keypoint_json import pose_keypoint_to_frames
+    from ..models.vision.face_detect import pose_face_mask
+    frames = pose_keypoint_to_frames(target_pose)
+    sizes = {(f.height, f.width) for f in frames}
+    if len(sizes) != 1:
+        raise MarionetteError(f"The target poses have different canvas sizes {sorted(sizes)}.",
+                              "Use one POSE_KEYPOINT sequence from PoseAlign or DWPoseExtract.")
+    return to_mask_tensor(np.stack([pose_face_mask(frame) for frame in frames]))
+
+
+class HJBFaceRefine:
+    DESCRIPTION = ("StableAnimator's HJB face optimisation for SVD Animate Sampler: at the chosen denoising steps "
+                   "the predicted clean video is nudged by a few Adam iterations so that the ArcFace R100 "
+                   "(glintr100_torch.pth) embedding of each frame's face crop moves towards the reference face's. "
+                   "Official defaults: steps 0..20 of 25, 3 iterations, learning rate 0.1 decaying linearly. The "
+                   "VAE decoder is differentiated chunk by chunk, so memory stays bounded; each refined step "
+                   "costs about iterations x (a decode + its backward).")
+    CATEGORY = "Marionette/Animation"
+    FUNCTION = "build"
+    RETURN_TYPES = ("HJB_FACE_REFINE", "MASK")
+    RETURN_NAMES = ("face_refine", "target_face_masks")
+    OUTPUT_TOOLTIPS = ("Connect to SVD Animate Sampler's face_refine input.",
+                       "The per-frame face masks whose boxes are cropped (for checking).")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "face_model": ([TINY_FACE_MODEL] + model_choices("animation", OFFICIAL_FACE_MODEL), {
+                    "tooltip": "StableAnimator's Animation/glintr100_torch.pth in models/animation."}),
+                "reference_image": ("IMAGE", {"tooltip": "The reference image given to the sampler."}),
+                "reference_face_mask": ("MASK", {"tooltip": "LoadReference's face_mask; its box is the crop."}),
+                "start_step": ("INT", {"default": 0, "min": 0, "max": 199, "tooltip": "First refined step (0-based)."}),
+                "end_step": ("INT", {"default": 20, "min": 0, "max": 199,
+                                     "tooltip": "Last refined step, inclusive (20 of 25 officially)."}),
+                "iterations": ("INT", {"default": 3, "min": 1, "max": 50, "tooltip": "Adam iterations per step."}),
+                "learning_rate": ("FLOAT", {"default": 0.1, "min": 0.001, "max": 1.0, "step": 0.001,
+                                            "tooltip": "At step 0; decays as lr * (1 - step / steps)."}),
+                "decode_chunk": ("INT", {"default": 4, "min": 1, "max": 64,
+                                         "tooltip": "Frames decoded (with gradients) at a time; lower saves memory."}),
+                "gradient_checkpointing": ("BOOLEAN", {"default": True,
+                                                       "tooltip": "Recompute decoder activations in the backward "
+                                                                  "pass: less memory, ~30% slower."}),
+            },
+            "optional": {
+                "target_face_masks": ("MASK", {"tooltip": "One face mask per output frame (e.g. StableAnimator's "
+                                                          "faces/ folder); used instead of target_pose."}),
+                "target_pose": ("POSE_KEYPOINT", {"tooltip": "PoseAlign's aligned_pose: face boxes from the face "
+                                                             "landmarks (head keypoints when missing)."}),
+            },
+        }
+
+    def build(self, face_model, reference_image, reference_face_mask, start_step, end_step, iterations,
+              learning_rate, decode_chunk, gradient_checkpointing, target_face_masks=None, target_pose=None):
+        from ..models.svd.face_refine import RefineSettings, face_box, reference_embedding
+        settings = RefineSettings(start_step=start_step, end_step=end_step, iterations=iterations,
+                                  learning_rate=learning_rate, decode_chunk=decode_chunk,
+                                  gradient_checkpointing=bool(gradient_checkpointing))
+        if reference_image.ndim != 4 or reference_image.shape[0] != 1:
+            raise MarionetteError(f"The reference image must be one frame, got shape {tuple(reference_image.shape)}.",
+                                  "Connect LoadReference's image.")
+        image = reference_image[0].float().cpu()
+        mask = _single_mask(reference_face_mask, "reference_face_mask")
+        if tuple(mask.shape) != tuple(image.shape[:2]):
+            raise MarionetteError(f"The reference face mask is {mask.shape[1]}x{mask.shape[0]} but the reference "
+                                  f"image is {image.shape[1]}x{image.shape[0]}.",
+                                  "Use the face_mask that LoadReference made with this image.")
+        box = face_box(mask)
+        if box is None:
+            raise MarionetteError("The reference face mask is empty: no face was found in the reference.",
+                                  "Use a reference photo with a visible face (LoadReference finds it), or draw "
+                                  "a face mask.")
+        embedder = _face_model(face_model)
+        reference = reference_embedding(embedder, image, box)
+        masks = _target_masks(target_face_masks, target_pose)
+        if not bool((masks >= 0.5).any()):
+            raise MarionetteError("No target frame has a face: the target face masks are empty.",
+                                  "Check the driving video shows the face, or skip HJB Face Refine.")
+        spec = FaceRefineSpec(embedder, reference, masks, settings, tiny=face_model == TINY_FACE_MODEL)
+        faces = int(((masks >= 0.5).flatten(1).any(dim=1)).sum())
+        ui = {"marionette_face_refine": [{"frames": int(masks.shape[0]), "frames_with_face": faces,
+                                          "reference_box": list(box), "tiny": spec.tiny}]}
+        return {"ui": ui, "result": (spec, masks)}
