@@ -19,11 +19,35 @@ from harness.media import DRIVING_FILE, REFERENCE_FILE, write_media  # noqa: E40
 from harness.workflow import to_api  # noqa: E402
 
 
-# the workflows that run without downloads (vividpose_guidance.json needs the SMPL-X files); mimicmotion.json
-# runs its shipped choice, the untrained tiny model, with few steps: its video shows the graph works, not a
-# person (with the real weights selected in the loader it is the real thing)
+# the workflows that run without downloads (vividpose_guidance.json needs the SMPL-X files); the animation
+# graphs run their shipped choice, the untrained tiny models, with few steps: their videos show the graphs
+# work, not a person (with the real weights selected in the loaders they are the real thing)
 DEMO_WORKFLOWS = {"pose_extraction.json": {}, "champ_guidance.json": {},
-                  "mimicmotion.json": {"SVDAnimateSampler": {"steps": 2}}}
+                  "mimicmotion.json": {"SVDAnimateSampler": {"steps": 2}},
+                  "stableanimator_hjb.json": {"SVDAnimateSampler": {"steps": 2},
+                                              "HJBFaceRefine": {"iterations": 1, "end_step": 0}}}
+# insightface's antelopev2 pack cannot be downloaded here: without it ID Adapter Apply is bypassed (its model
+# input passed straight on, as the UI's bypass does) and StableAnimator runs with zero face tokens
+NEEDS_ANTELOPEV2 = "IDAdapterApply"
+
+
+def bypass(prompt: dict, class_type: str) -> list[str]:
+    """Remove the nodes of `class_type`, wiring their consumers to the node's first linked input."""
+    removed = [node_id for node_id, node in prompt.items() if node["class_type"] == class_type]
+    for node_id in removed:
+        node = prompt.pop(node_id)
+        upstream = next(v for v in node["inputs"].values() if isinstance(v, list))
+        for other in prompt.values():
+            for name, value in other["inputs"].items():
+                if isinstance(value, list) and value[0] == node_id:
+                    other["inputs"][name] = upstream
+    return removed
+
+
+def antelopev2_present() -> bool:
+    import folder_paths
+    return any(os.path.isfile(os.path.join(root, "models", "antelopev2", "glintr100.onnx"))
+               for root in folder_paths.get_folder_paths("insightface"))
 
 
 def main(out_dir: str) -> int:
@@ -39,6 +63,9 @@ def main(out_dir: str) -> int:
             prompt = to_api(json.load(f), host.nodes.NODE_CLASS_MAPPINGS)
         for node in prompt.values():
             node["inputs"].update(overrides.get(node["class_type"], {}))
+        if not antelopev2_present() and bypass(prompt, NEEDS_ANTELOPEV2):
+            print("NOTE: no insightface antelopev2 pack in models/insightface/models/antelopev2: ID Adapter "
+                  "Apply is bypassed (zero face tokens).", flush=True)
         print(f"running workflows/{name} in ComfyUI 0.3.75 ({len(prompt)} nodes)…", flush=True)
         t = time.time()
         result = host.run(prompt)
@@ -49,6 +76,11 @@ def main(out_dir: str) -> int:
             for info in ui.get("marionette_svd", []):
                 if info.get("warning"):
                     print("NOTE:", info["warning"], flush=True)
+                if info.get("face_refine"):
+                    refine = info["face_refine"]
+                    print(f"  HJB face refinement at {refine['steps_refined']} steps, identity loss "
+                          f"{refine['loss_first']:.3f} -> {refine['loss_last']:.3f} (tiny random face model)",
+                          flush=True)
         print(f"  done in {time.time() - t:.0f} s", flush=True)
     os.makedirs(out_dir, exist_ok=True)
     shutil.copytree(host.output_dir, out_dir, dirs_exist_ok=True)

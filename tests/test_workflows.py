@@ -33,7 +33,8 @@ def newest(host, pattern):
 
 def test_every_workflow_has_a_run_test():
     shipped = {os.path.basename(p) for p in glob.glob(str(ROOT / "workflows" / "*.json"))}
-    assert shipped == {"pose_extraction.json", "champ_guidance.json", "vividpose_guidance.json", "mimicmotion.json"}
+    assert shipped == {"pose_extraction.json", "champ_guidance.json", "vividpose_guidance.json", "mimicmotion.json",
+                       "stableanimator.json", "stableanimator_hjb.json"}
 
 
 def test_pose_extraction_workflow_runs_and_writes_its_outputs(comfy_host, synthetic_media):
@@ -111,3 +112,41 @@ def test_mimicmotion_workflow_makes_a_video_with_the_tiny_model(comfy_host, synt
     info = result.ui[sampler]["marionette_svd"][0]
     assert info["tiny"] and "untrained" in info["warning"]
     assert tuple(result.output(sampler, 1)["samples"].shape) == (frames, 4, 96, 64)
+
+
+@pytest.fixture
+def antelopev2(comfy_host):
+    """A fake antelopev2 pack (tests/insightface_fixture.py) where IDAdapterApply looks for it."""
+    import shutil
+
+    import folder_paths
+    from insightface_fixture import write_antelopev2
+    folder = write_antelopev2(os.path.join(folder_paths.models_dir, "insightface"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+# the StableAnimator graphs at a smaller size and 2 steps to stay fast (the shipped sizes are the official
+# ones); the fake antelopev2 detector finds no face in the synthetic render, so the official zero embedding
+SMALL_STABLEANIMATOR = {"LoadReference": {"size": "custom", "width": 192, "height": 256},
+                        "SVDAnimateSampler": {"steps": 2}, "HJBFaceRefine": {"iterations": 1},
+                        "IDAdapterApply": {"no_face": "zeros, as the official code"}}
+
+
+@pytest.mark.parametrize("name,size", [("stableanimator.json", "576x1024"), ("stableanimator_hjb.json", "512x512")])
+def test_stableanimator_workflows_make_a_video_with_the_tiny_models(comfy_host, synthetic_media, antelopev2,
+                                                                    name, size):
+    with open(ROOT / "workflows" / name) as f:
+        shipped = to_api(json.load(f), comfy_host.nodes.NODE_CLASS_MAPPINGS)
+    by_type = {node["class_type"]: node["inputs"] for node in shipped.values()}
+    assert by_type["LoadReference"]["size"] == size
+    assert by_type["SVDAnimateSampler"]["cfg_min"] == 3.0 and by_type["SVDAnimateSampler"]["seed"] == 23123134
+    result, ids = run_workflow(comfy_host, name, SMALL_STABLEANIMATOR)
+    frames = synthetic_media["driving"].num_frames
+    video = read_video(newest(comfy_host, f"{name[:-5]}_*.mp4"))
+    assert video.shape[:3] == (frames, 256, 192)
+    info = result.ui[ids["SVDAnimateSampler"][0]]["marionette_svd"][0]
+    assert info["model"] == "stableanimator" and info["face_id"] and info["tiny"]
+    assert ("face_refine" in info) == name.endswith("_hjb.json")
+    if "face_refine" in info:
+        assert info["face_refine"]["steps_refined"] == 2
