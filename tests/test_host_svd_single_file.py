@@ -136,7 +136,8 @@ def single_file_layout() -> dict:
                  OPEN_CLIP + "text_projection": [text["hidden_size"], text["projection_dim"]],
                  OPEN_CLIP + "logit_scale": [],
                  OPEN_CLIP + "token_embedding.weight": [text["vocab_size"], text["hidden_size"]],
-                 OPEN_CLIP + "ln_final.weight": [text["hidden_size"]], OPEN_CLIP + "ln_final.bias": [text["hidden_size"]]})
+                 OPEN_CLIP + "ln_final.weight": [text["hidden_size"]],
+                 OPEN_CLIP + "ln_final.bias": [text["hidden_size"]]})
     keys.update(shapes(modules["conditioner_ae"], COND_AE))
     image_decoder = shapes(modules["first_stage_image"], FIRST_STAGE, lambda k: k.startswith("decoder."))
     return {"keys": keys, "image_decoder_keys": image_decoder}
@@ -426,6 +427,38 @@ def test_loader_gives_the_converted_weights(tiny, tmp_path):
     for part in ("vae", "image_encoder"):
         loaded = getattr(half, part).state_dict()
         assert all(torch.equal(loaded[k], v.half()) for k, v in converted[part].items()), part
+
+
+
+def test_loader_reads_only_what_the_variant_needs(tiny, tmp_path, monkeypatch):
+    from safetensors.torch import save_file
+
+    from marionette.models.svd import single_file
+    path = tmp_path / "svd_xt_tiny.safetensors"
+    save_file({k: v.float().contiguous() for k, v in tiny["state"].items()}, str(path))
+    read = []
+    original = single_file._SafetensorsSource.get
+    monkeypatch.setattr(single_file._SafetensorsSource, "get",
+                        lambda self, name: read.append(name) or original(self, name))
+    single_file.load_svd_single_file(path, dtype=torch.bfloat16, unet_variant="stableanimator", configs=_configs())
+    assert read and not any(name.startswith(UNET) for name in read)
+    assert len(read) == len(set(read))  # each tensor read once
+    read.clear()
+    single_file.load_svd_single_file(path, dtype=torch.float32, configs=_configs())
+    plan = single_file.plan_svd_single_file(tiny["state"])
+    assert sorted(read) == sorted(s for rule in plan.rules for s in rule.sources)  # unused tensors never read
+
+
+def test_loader_names_a_missing_tensor(tiny, tmp_path):
+    from safetensors.torch import save_file
+
+    from marionette.models.errors import MarionetteError
+    from marionette.models.svd.single_file import load_svd_single_file
+    path = tmp_path / "svd_xt_pruned.safetensors"
+    missing = UNET + "output_blocks.1.1.conv.weight"  # the first up level's upsampler
+    save_file({k: v.float().contiguous() for k, v in tiny["state"].items() if k != missing}, str(path))
+    with pytest.raises(MarionetteError, match=r"does not fit the SVD UNet .*up_blocks\.0\.upsamplers\.0\.conv\.weight"):
+        load_svd_single_file(path, dtype=torch.float32, configs=_configs())
 
 
 if __name__ == "__main__":

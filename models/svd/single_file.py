@@ -80,7 +80,8 @@ def _check_is_svd(keys: list[str], label: str) -> None:
         looks = ", ".join(f"{head}.* ({n})" for head, n in heads.most_common(4)) or "no tensors"
         hint = ""
         if any(k.startswith(("down_blocks.", "unet.down_blocks.", "conv_in.")) for k in keys):
-            hint = " It looks like a diffusers-format UNet (an SVD folder part or an animation UNet), which is loaded elsewhere."
+            hint = (" It looks like a diffusers-format UNet (an SVD folder part or an animation UNet), which is "
+                    "loaded elsewhere.")
         raise MarionetteError(
             f"{label} is not a single-file SVD checkpoint: it has no model.diffusion_model.* tensors "
             f"({len(keys)} tensors: {looks}).{hint}", FIX)
@@ -247,9 +248,9 @@ def load_svd_single_file(path: str | os.PathLike, dtype: torch.dtype = torch.flo
     configs = configs or svd_xt_configs()
     name = os.path.basename(path)
     parts = ("vae", "image_encoder") + (("unet",) if unet_variant == "svd" else ())
-    modules = _empty_modules(configs, unet_variant)
     with _open_source(path) as source:
         plan = plan_svd_single_file(source.keys(), name)
+        modules = _empty_modules(configs, unet_variant)
         for part in parts:  # one part at a time: at most one module's converted tensors are in flight
             tensors = _convert(plan, source, (part,), dtype, name)[part]
             modules[part] = _fill(modules[part], tensors, part, name, dtype)

@@ -38,7 +38,8 @@ VISUAL = OPEN_CLIP + "visual."
 COND_AE = "conditioner.embedders.3.encoder."
 
 # Tensors the files hold that no module here uses (by exact name or by prefix).
-UNUSED_EXACT = tuple(OPEN_CLIP + name for name in (  # open_clip's text tower leftovers (SGM deletes only the transformer)
+# open_clip's text tower leftovers (SGM deletes only the text transformer), and ComfyUI's sampling extras.
+UNUSED_EXACT = tuple(OPEN_CLIP + name for name in (
     "positional_embedding", "text_projection", "logit_scale", "token_embedding.weight",
     "ln_final.weight", "ln_final.bias")) + (
     "edm_vpred.sigma_max", "edm_vpred.sigma_min")  # written by ComfyUI's checkpoint save (sampling settings)
@@ -178,7 +179,7 @@ def _unet_rules(keys: list[str]) -> list[Rule]:
         rules += block(f"output_blocks.{index}.0", f"up_blocks.{up}.resnets.{j}", _UNET_RESNET)
         for sub in (1, 2):
             name = f"output_blocks.{index}.{sub}"
-            if f"{UNET}{name}.conv.weight" in keys:
+            if any(k.startswith(f"{UNET}{name}.conv.") for k in keys):  # an upsampler (even if pruned)
                 rules += block(f"{name}.conv", f"up_blocks.{up}.upsamplers.0.conv", _whole)
             elif sub == 1:
                 rules += block(name, f"up_blocks.{up}.attentions.{j}", _UNET_ATTENTION)
@@ -198,33 +199,29 @@ _DECODER_RESNET = tuple((old, "spatial_res_block." + new) for old, new in _ENCOD
 
 def _encoder_rules(keys: list[str], src: str) -> list[Rule]:
     """SGM Encoder under `src` -> diffusers `encoder.*`."""
-    pairs = [("conv_in", "conv_in"), ("norm_out", "conv_norm_out"), ("conv_out", "conv_out"),
-             ("mid.block_1", "mid_block.resnets.0"), ("mid.block_2", "mid_block.resnets.1"),
-             ("mid.attn_1", "mid_block.attentions.0")]
+    pairs = [("conv_in", "conv_in", "plain"), ("norm_out", "conv_norm_out", "plain"),
+             ("conv_out", "conv_out", "plain"), ("mid.block_1", "mid_block.resnets.0", "resnet"),
+             ("mid.block_2", "mid_block.resnets.1", "resnet"), ("mid.attn_1", "mid_block.attentions.0", "attention")]
     for level in _ints(keys, re.escape(src) + r"down\.(\d+)\."):
-        pairs.append((f"down.{level}.downsample.conv", f"down_blocks.{level}.downsamplers.0.conv"))
-        pairs.append((f"down.{level}.block", f"down_blocks.{level}.resnets"))
+        pairs.append((f"down.{level}.downsample.conv", f"down_blocks.{level}.downsamplers.0.conv", "plain"))
+        pairs.append((f"down.{level}.block", f"down_blocks.{level}.resnets", "resnets"))
     return _renamed(keys, src, "encoder.", "vae", _vae_inner(pairs, _ENCODER_RESNET))
 
 
-def _vae_inner(pairs: list[tuple[str, str]], resnet: tuple[tuple[str, str], ...]):
-    """Renamer for an SGM encoder/decoder: module prefixes, then resnet or attention internals."""
-    resnet_inner, attention_inner = _table(resnet), _table(_VAE_ATTENTION, _ATTENTION_CONVS)
+def _vae_inner(pairs: list[tuple[str, str, str]], resnet: tuple[tuple[str, str], ...]):
+    """Renamer for an SGM encoder/decoder: (old module, new module, kind) prefixes, then the internals of a
+    resnet, of a numbered list of resnets ("resnets": `<j>.<resnet part>`), of the attention, or as is."""
+    inners = {"resnet": _table(resnet), "attention": _table(_VAE_ATTENTION, _ATTENTION_CONVS), "plain": _whole}
 
     def inner(rest: str) -> tuple[str, str] | None:
-        for old, new in pairs:
+        for old, new, kind in pairs:
             if not rest.startswith(old + "."):
                 continue
             tail = rest[len(old) + 1:]
-            if old.endswith(".block"):  # "<j>.<resnet part>"
+            if kind == "resnets":
                 index, _, tail = tail.partition(".")
-                new, old = f"{new}.{index}", f"{old}.{index}"
-            if old.endswith(("block_1", "block_2")) or ".block." in old:
-                mapped = resnet_inner(tail)
-            elif old.endswith("attn_1"):
-                mapped = attention_inner(tail)
-            else:
-                mapped = (tail, "copy")
+                new, kind = f"{new}.{index}", "resnet"
+            mapped = inners[kind](tail)
             return None if mapped is None else (f"{new}.{mapped[0]}", mapped[1])
         return None
     return inner
@@ -235,13 +232,14 @@ def _decoder_rules(keys: list[str], temporal: bool) -> list[Rule]:
     diffusers from the latent one. A frame-wise decoder gets neutral temporal layers (exactly per frame)."""
     src = FIRST_STAGE + "decoder."
     levels = _ints(keys, re.escape(src) + r"up\.(\d+)\.")
-    pairs = [("conv_in", "conv_in"), ("norm_out", "conv_norm_out"), ("conv_out.time_mix_conv", "time_conv_out"),
-             ("conv_out", "conv_out"), ("mid.block_1", "mid_block.resnets.0"), ("mid.block_2", "mid_block.resnets.1"),
-             ("mid.attn_1", "mid_block.attentions.0")]
+    pairs = [("conv_in", "conv_in", "plain"), ("norm_out", "conv_norm_out", "plain"),
+             ("conv_out.time_mix_conv", "time_conv_out", "plain"), ("conv_out", "conv_out", "plain"),
+             ("mid.block_1", "mid_block.resnets.0", "resnet"), ("mid.block_2", "mid_block.resnets.1", "resnet"),
+             ("mid.attn_1", "mid_block.attentions.0", "attention")]
     for level in levels:
         up = len(levels) - 1 - level
-        pairs.append((f"up.{level}.upsample.conv", f"up_blocks.{up}.upsamplers.0.conv"))
-        pairs.append((f"up.{level}.block", f"up_blocks.{up}.resnets"))
+        pairs.append((f"up.{level}.upsample.conv", f"up_blocks.{up}.upsamplers.0.conv", "plain"))
+        pairs.append((f"up.{level}.block", f"up_blocks.{up}.resnets", "resnets"))
     rules = _renamed(keys, src, "decoder.", "vae", _vae_inner(pairs, _DECODER_RESNET))
     if not temporal:
         rules += _neutral_temporal_rules(keys, src, levels)
