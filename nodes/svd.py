@@ -28,6 +28,7 @@ SOURCES = {
                       "(unet.pth with pose_net.pth beside it)",
 }
 SIZE_MULTIPLE = 64
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pth", ".pt")
 FACE_TOKENS_KEY = "marionette_face_tokens"  # model_options entry IDAdapterApply sets on its clone
 POSE_NET_CHUNK = 16  # pose frames per PoseNet call, so long videos do not hold every activation at once
 TINY_WARNING = ("untrained tiny model: the frames are noise, not an animation. Put the real weights in "
@@ -67,6 +68,12 @@ def _svd_folders() -> list[str]:
     return sorted(found)
 
 
+def _svd_single_files() -> list[str]:
+    """ComfyUI's single-file SVD checkpoints (svd_xt.safetensors, ...) in models/checkpoints."""
+    return sorted(f for f in folder_paths.get_filename_list("checkpoints")
+                  if "svd" in os.path.basename(f).lower() and f.lower().endswith(SINGLE_FILE_SUFFIXES))
+
+
 def _svd_folder_path(name: str) -> str:
     for root in folder_paths.get_folder_paths("diffusers"):
         path = os.path.join(root, name)
@@ -74,7 +81,8 @@ def _svd_folder_path(name: str) -> str:
             return path
     default = os.path.join(folder_paths.models_dir, "diffusers")
     raise MarionetteError(f"The SVD-xt folder '{name}' was not found in the 'diffusers' model folders.",
-                          f"Put the stable-video-diffusion-img2vid-xt diffusers folder into {default}, or pick "
+                          f"Put the stable-video-diffusion-img2vid-xt diffusers folder into {default} (or ComfyUI's "
+                          "svd_xt.safetensors into models/checkpoints), or pick "
                           f"'{TINY_CHOICE}' to try the workflow without downloads.")
 
 
@@ -121,8 +129,10 @@ class SVDAnimationLoader:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "svd_folder": ([TINY_CHOICE] + _svd_folders(), {
-                "tooltip": "stable-video-diffusion-img2vid-xt (or -1-1) in models/diffusers."}),
+            "svd_folder": ([TINY_CHOICE] + _svd_folders() + _svd_single_files(), {
+                "tooltip": "SVD-xt: the stable-video-diffusion-img2vid-xt (or -1-1) diffusers folder in "
+                           "models/diffusers, or ComfyUI's single file svd_xt.safetensors / svd_xt_1_1.safetensors "
+                           "in models/checkpoints."}),
             "animation": (list(ANIMATIONS), {"default": "MimicMotion"}),
             "checkpoint": (model_choices("animation", OFFICIAL_CHECKPOINTS), {
                 "tooltip": "MimicMotion_1-1.pth, or StableAnimator's Animation/unet.pth (pose_net.pth beside "
@@ -148,10 +158,14 @@ class SVDAnimationLoader:
     @staticmethod
     def _load_real(svd_folder, variant, checkpoint, dtype):
         from ..models.svd.base import load_animation_unet, load_svd_base
-        folder = _svd_folder_path(svd_folder)
         unet_path = _checkpoint_path(checkpoint, variant)
         pose_net = _pose_net_path(unet_path, checkpoint) if variant == "stableanimator" else None
-        base = load_svd_base(folder, dtype=dtype, unet_variant=variant)
+        single_file = folder_paths.get_full_path("checkpoints", svd_folder)
+        if single_file and os.path.isfile(single_file):
+            from ..models.svd.single_file import load_svd_single_file
+            base = load_svd_single_file(single_file, dtype=dtype, unet_variant=variant)
+        else:
+            base = load_svd_base(_svd_folder_path(svd_folder), dtype=dtype, unet_variant=variant)
         return load_animation_unet(base, unet_path, pose_net)
 
 

@@ -184,3 +184,32 @@ def test_nodes_register_with_stepped_float_inputs(comfy_host):
     loader_inputs = nodes.NODE_CLASS_MAPPINGS["SVDAnimationLoader"].INPUT_TYPES()["required"]
     assert loader_inputs["svd_folder"][0][0] == TINY
     assert {"MimicMotion_1-1.pth", "Animation/unet.pth"} <= set(loader_inputs["checkpoint"][0])
+
+
+def test_single_file_svd_is_offered_and_checked(comfy_host, synthetic_media, model_dirs, tmp_path):
+    """ComfyUI's svd_xt*.safetensors in models/checkpoints is a choice of the loader and goes through the
+    single-file conversion (here a file that is not SVD, which must be refused by name)."""
+    import folder_paths
+    import nodes
+    from safetensors.torch import save_file
+    checkpoints = tmp_path / "checkpoints"
+    checkpoints.mkdir()
+    save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(4, 4, 3, 3)},
+              str(checkpoints / "svd_xt.safetensors"))
+    base = model_dirs["base"]
+    weights = {f"unet.{k}": v for k, v in base.unet.state_dict().items()}
+    weights.update({f"pose_net.{k}": v for k, v in base.pose_net.state_dict().items()})
+    torch.save(weights, model_dirs["animation"] / "MimicMotion_1-1.pth")
+    folder_paths.add_model_folder_path("checkpoints", str(checkpoints))
+    try:
+        choices = nodes.NODE_CLASS_MAPPINGS["SVDAnimationLoader"].INPUT_TYPES()["required"]["svd_folder"][0]
+        assert "svd_xt.safetensors" in choices
+        prompt = animate_prompt(synthetic_media)
+        prompt["10"] = loader(svd_folder="svd_xt.safetensors")
+        result = comfy_host.run(prompt)
+    finally:
+        folder_paths.folder_names_and_paths["checkpoints"][0].remove(str(checkpoints))
+        folder_paths.filename_list_cache.pop("checkpoints", None)
+    assert not result.success
+    message = result.error["exception_message"]
+    assert "svd_xt.safetensors" in message and "checkpoints" in message
