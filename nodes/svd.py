@@ -329,8 +329,9 @@ class SVDAnimateSampler:
             tile_overlap=tile_overlap, seed=seed)
         face_tokens = model.model_options.get(FACE_TOKENS_KEY)
         load_on_device(model)
-        refiner = None if face_refine is None else _face_refiner(net, face_refine, pose_images)
+        refiner = None
         try:
+            refiner = None if face_refine is None else _face_refiner(net, face_refine, pose_images)
             latents = self._sample(net, reference_image, poses, settings, unique_id, face_tokens, refiner)
         finally:
             if face_refine is not None:

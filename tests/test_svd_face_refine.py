@@ -263,3 +263,24 @@ def test_errors_are_clear(tiny):
         RefineSettings(iterations=0)
     with pytest.raises(MarionetteError, match=r"\[N, 3, 112, 112\]"):
         embedder(torch.zeros(1, 3, 64, 64))
+
+
+def test_target_face_masks_come_from_the_face_landmarks_or_the_head():
+    import numpy as np
+
+    from marionette.models.pose.types import empty_frame
+    from marionette.models.vision.face_detect import FACE_EXPAND, face_box_from_pose, pose_face_mask
+    frame = empty_frame(200, 300, people=2)
+    grid = np.meshgrid(np.linspace(80, 120, 17), np.linspace(60, 110, 4))
+    frame.face[0, :, :2] = np.stack(grid, -1).reshape(-1, 2)[:68]
+    frame.face[0, :, 2] = 0.9
+    frame.body[1, [0, 14, 15], :] = [[150, 200, 0.9], [145, 195, 0.9], [155, 195, 0.9]]  # a small head
+    box = face_box_from_pose(frame.body[0], frame.face[0])
+    np.testing.assert_allclose(box, [80, 60, 120, 110])
+    assert face_box_from_pose(frame.body[0], frame.face[0] * [1, 1, 0]) is None  # nothing visible
+    mask = pose_face_mask(frame)  # the larger face (person 0) is chosen
+    found = face_box(torch.from_numpy(mask))
+    centre_y, centre_x = (found[0] + found[1]) / 2, (found[2] + found[3]) / 2
+    assert abs(centre_x - 100) < 2 and 60 < centre_y < 85  # moved up towards the hair line
+    assert 40 < found[3] - found[2] + 1 <= 40 * FACE_EXPAND + 2
+    assert not pose_face_mask(empty_frame(200, 300, people=1)).any()

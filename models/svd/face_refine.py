@@ -162,7 +162,8 @@ class FaceRefiner:
         if x0.shape[0] != len(self.boxes):
             raise MarionetteError(f"The HJB refiner has {len(self.boxes)} face boxes for {x0.shape[0]} frames.",
                                   "Give one face mask (or pose frame) per output frame.")
-        with torch.inference_mode(False), torch.enable_grad(), _checkpointing(self._vae, self.settings.gradient_checkpointing):
+        checkpointing = _checkpointing(self._vae, self.settings.gradient_checkpointing)
+        with torch.inference_mode(False), torch.enable_grad(), checkpointing:
             latent = x0.detach().clone().requires_grad_(True)
             optimiser = torch.optim.Adam([latent], lr=self.settings.step_learning_rate(step, steps))
             history = []
