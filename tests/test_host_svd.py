@@ -213,3 +213,25 @@ def test_single_file_svd_is_offered_and_checked(comfy_host, synthetic_media, mod
     assert not result.success
     message = result.error["exception_message"]
     assert "svd_xt.safetensors" in message and "checkpoints" in message
+
+
+def test_latent_previews_reach_the_progress_bar(comfy_host, synthetic_media):
+    """With ComfyUI's latent2rgb previews on, every step sends a preview image of the current x0."""
+    import comfy.utils
+    from comfy.cli_args import LatentPreviewMethod, args
+    previews = []
+    before = args.preview_method
+    args.preview_method = LatentPreviewMethod.Latent2RGB
+    comfy.utils.set_progress_bar_global_hook(
+        lambda value, total, preview, node_id=None: previews.append((value, total, preview)))
+    try:
+        result = comfy_host.run(animate_prompt(synthetic_media, "StableAnimator", seed=11))
+    finally:
+        comfy.utils.set_progress_bar_global_hook(None)
+        args.preview_method = before
+    assert result.success, result.error
+    steps = [(value, preview) for value, total, preview in previews if total == 2]
+    assert [value for value, _ in steps[-2:]] == [1, 2]
+    for _, preview in steps[-2:]:
+        kind, image, _ = preview
+        assert kind == "JPEG" and image.size == (SIZE // 8, SIZE // 8)
