@@ -1,0 +1,1 @@
+"""DisPose: MimicMotion with a hybrid ControlNet driven by motion fields and keypoint correspondence."""
