@@ -144,7 +144,8 @@ def effective_tile(num_frames: int, settings: SamplerSettings) -> tuple[int, int
 def sample(unet: Callable, cond: torch.Tensor, uncond: torch.Tensor | None, ref_latent: torch.Tensor,
            pose_features: torch.Tensor | None, settings: SamplerSettings, num_frames: int | None = None,
            on_step: Callable[[int, int, torch.Tensor], None] | None = None,
-           refine: Callable[[torch.Tensor, int, int], torch.Tensor] | None = None) -> torch.Tensor:
+           refine: Callable[[torch.Tensor, int, int], torch.Tensor] | None = None,
+           frame_inputs: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
     """Denoise a video and return its latents [F', 4, h, w] (float32, on `ref_latent`'s device), where
     F' = F - 1 with `settings.drop_first_frame`, else F.
 
@@ -152,9 +153,15 @@ def sample(unet: Callable, cond: torch.Tensor, uncond: torch.Tensor | None, ref_
     dtype of `cond`. `on_step(done, total, x0_preview)` is called after every step with the current
     denoised estimate of the returned frames; an exception raised there stops sampling and propagates.
     `refine(x0, step, steps)` may replace the guided denoised estimate of all F frames before the Euler
-    step (StableAnimator's HJB face optimisation, `face_refine.FaceRefiner`).
+    step (StableAnimator's HJB face optimisation, `face_refine.FaceRefiner`). `frame_inputs` are extra
+    per-frame UNet keyword inputs [F, ...] (e.g. DisPose's motion fields), cut to each window like the pose
+    features and given to both CFG passes.
     """
     frames = _frame_count(pose_features, num_frames)
+    for name, value in (frame_inputs or {}).items():
+        if value.shape[0] != frames:
+            raise MarionetteError(f"The per-frame input '{name}' has {value.shape[0]} frames for {frames} sampled "
+                                  "frames.", "Give one entry per sampled frame (reference slot included).")
     if settings.drop_first_frame and frames < 2:
         raise MarionetteError("drop_first_frame needs the reference pose plus at least one driving frame.",
                               "Pass at least two frames of pose features.")
@@ -168,7 +175,7 @@ def sample(unet: Callable, cond: torch.Tensor, uncond: torch.Tensor | None, ref_
         total = settings.steps
         for step in range(total):
             sigma, sigma_next = plan.sigmas[step], plan.sigmas[step + 1]
-            x0 = _denoise(unet, x, sigma, plan, cond, uncond, pose_features, settings.uses_cfg)
+            x0 = _denoise(unet, x, sigma, plan, cond, uncond, pose_features, settings.uses_cfg, frame_inputs or {})
             if refine is not None:
                 x0 = refine(x0, step, total)
             x = euler_step(x, x0, sigma, sigma_next)
@@ -229,7 +236,8 @@ def _plan(frames: int, ref_latent: torch.Tensor, settings: SamplerSettings, devi
         zero_ref=torch.zeros_like(model_ref) if settings.uses_cfg else None)
 
 
-def _denoise(unet, x, sigma, plan: _Plan, cond, uncond, pose_features, uses_cfg: bool) -> torch.Tensor:
+def _denoise(unet, x, sigma, plan: _Plan, cond, uncond, pose_features, uses_cfg: bool,
+             frame_inputs: dict[str, torch.Tensor]) -> torch.Tensor:
     """The denoised estimate x0 [F, 4, h, w] at noise level sigma: guided v fused over the windows."""
     c_skip, c_out, c_in, c_noise = edm_scalings(sigma)
     scaled = (x * c_in).to(plan.model_ref.dtype).unsqueeze(0)
@@ -237,19 +245,20 @@ def _denoise(unet, x, sigma, plan: _Plan, cond, uncond, pose_features, uses_cfg:
     fused = torch.zeros_like(x)
     for window, weight in zip(plan.windows, plan.weights):
         pose = None if pose_features is None else pose_features.index_select(0, window)
+        extra = {name: value.index_select(0, window.to(value.device)) for name, value in frame_inputs.items()}
         noisy = scaled.index_select(1, window)
-        v = _call(unet, noisy, plan.model_ref.index_select(1, window), timestep, cond, plan.time_ids, pose)
+        v = _call(unet, noisy, plan.model_ref.index_select(1, window), timestep, cond, plan.time_ids, pose, extra)
         if uses_cfg:
             v_uncond = _call(unet, noisy, plan.zero_ref.index_select(1, window), timestep, uncond,
-                             plan.time_ids, None)
+                             plan.time_ids, None, extra)
             v = v_uncond + plan.guidance.index_select(0, window) * (v - v_uncond)
         fused.index_add_(0, window, v * weight)
     return c_skip * x + c_out * fused
 
 
-def _call(unet, noisy, ref, timestep, context, time_ids, pose) -> torch.Tensor:
+def _call(unet, noisy, ref, timestep, context, time_ids, pose, extra) -> torch.Tensor:
     """One UNet pass on one window (batch 1); returns v [T, 4, h, w] in float32."""
     sample = torch.cat([noisy, ref], dim=2)
     out = unet(sample, timestep, encoder_hidden_states=context, added_time_ids=time_ids,
-               pose_features=pose, return_dict=False)[0]
+               pose_features=pose, return_dict=False, **extra)[0]
     return out[0].float()
