@@ -31,7 +31,7 @@ def random_motion(frames=4, width=160, height=120, seed=0, spread=12.0):
     start = rng.uniform([2, 2], [width - 3, height - 3], size=(18, 2))
     steps = rng.normal(0, spread / 2, size=(frames - 1, 18, 2))
     xy = np.concatenate([start[None], start[None] + np.cumsum(steps, 0)])
-    return xy, np.ones((frames, 18))
+    return xy.astype(np.float32).astype(np.float64), np.ones((frames, 18))  # as PoseFrame stores them
 
 
 # ------------------------------------------------------------------------------ sparse field
@@ -56,12 +56,14 @@ def official_sparse(xy, visible, height, width):
 def test_sparse_field_matches_official_math(width, height):
     xy, score = random_motion(frames=5, width=width, height=height, seed=width)
     xy[2, 4] = (-7.0, height + 3.0)  # off the canvas: clamped like the official pose2track
-    xy[1, 15] = np.floor(xy[1, 14]) + 0.4  # same pixel as joint 14: the later joint's vector wins
+    xy[1, 15] = np.floor(xy[1, 14]) + 0.5  # same pixel as joint 14: the later joint's vector wins
     ours = sparse_motion_field(pose_frames(xy, score, width, height))
     expected = official_sparse(xy, score > 0.3, height, width)
     assert ours.shape == (4, 2, height, width) and ours.dtype == torch.float32
     assert np.abs(expected).max() > 1e-3
-    assert np.abs(ours.numpy() - expected).max() < 1e-9 + 1e-6 * np.abs(expected).max()
+    assert np.abs(ours.numpy() - expected).max() < 1e-6 * np.abs(expected).max()  # float32 output
+    exact = sparse_motion_field(pose_frames(xy, score, width, height), dtype=torch.float64)
+    assert np.abs(exact.numpy() - expected).max() < 1e-14
 
 
 def test_sparse_field_is_frame_to_frame_and_scaled_to_the_field_size():
@@ -204,6 +206,8 @@ def test_errors_for_bad_inputs(tiny_cmp):
                                                     frames[2].right_hand, frames[2].face)])
     with pytest.raises(MarionetteError, match="aspect ratio"):
         sparse_motion_field(frames, height=120, width=120)
+    with pytest.raises(MarionetteError, match="odd kernel"):
+        sparse_motion_field(frames, kernel_size=198)
     with pytest.raises(MarionetteError, match="aspect ratio"):
         dense_motion_field_cmp(tiny_cmp, np.zeros((64, 64, 3), np.uint8), frames)
     with pytest.raises(MarionetteError, match="not \\[H, W, 3\\]"):

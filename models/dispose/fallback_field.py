@@ -24,7 +24,7 @@ import torch
 
 from ..errors import MarionetteError
 from ..pose.types import VISIBLE, PoseFrame
-from .motion_field import require_keypoints, body_tracks
+from .motion_field import body_tracks, require_keypoints
 
 EPS = 1e-6  # px^2: the keypoint's own weight at distance 0 dominates its neighbours' by ~1e6 / d^2
 SIGMA_FRACTION, MIN_SIGMA = 0.15, 8.0  # default sigma: this fraction of the keypoints' box diagonal

@@ -139,6 +139,9 @@ def sparse_motion_field(frames: Sequence[PoseFrame], height: int | None = None, 
                         min_score: float = VISIBLE, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """DisPose's trajectory field [N, 2, H, W]: frame-to-frame keypoint displacements (map i: frame i ->
     i+1) at the keypoints' pixels in frame i, Gaussian-filtered (official 199 / sigma 20)."""
+    if kernel_size < 1 or kernel_size % 2 == 0 or sigma <= 0:
+        raise MarionetteError(f"Invalid trajectory blur: kernel {kernel_size}, sigma {sigma}.",
+                              "Use an odd kernel size and a positive sigma (official: 199 and 20).")
     tracks = body_tracks(frames, height, width, person=person, min_score=min_score)
     n = len(tracks.xy) - 1
     usable = tracks.pairs_visible(np.arange(n), np.arange(1, n + 1))
