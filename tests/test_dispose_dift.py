@@ -248,6 +248,28 @@ def test_missing_keypoints_are_masked_out():
     assert torch.allclose(official.features[1, :, 2, column9], embeddings[others9].mean(0), atol=1e-6)
 
 
+def test_point_maps_feed_the_controlnets_point_adapter():
+    """The ControlNet's PointAdapter (point_adapter.py) places the same embeddings itself from the same inputs:
+    its levels equal the official MLP-times-mask formula applied to our maps."""
+    from marionette.models.dispose.point_adapter import PointAdapter
+    height, width = 128, 192
+    xy, visible = keypoint_set(3, seed=12)
+    embeddings = torch.randn(18, 16, generator=torch.Generator().manual_seed(3))
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        adapter = PointAdapter((8, 12, 16, 16), (16, 32, 64, 64), embedding_channels=16, hidden_channels=8).eval()
+    maps = dift.point_feature_maps(dift.ReferencePoints(embeddings, torch.ones(18, dtype=torch.bool)), xy, visible,
+                                   height=height, width=width)
+    with torch.no_grad():
+        levels = adapter(embeddings[None], torch.as_tensor(xy), torch.as_tensor(visible), (height, width))
+        for mlp, stride, level in zip(adapter.model_list, adapter.strides, levels):
+            size = (height // stride, width // stride)
+            mapped = (mlp(maps.features.permute(0, 2, 3, 1)) * maps.mask[..., None]).permute(0, 3, 1, 2)
+            expected = F.interpolate(mapped, size=size, mode="bilinear") * F.interpolate(maps.mask[:, None], size=size)
+            assert level.shape == (1, 3, mlp.mlp[2].out_features, *size)
+            assert (level[0] - expected).abs().max() < 1e-5
+
+
 def test_body_keypoints_from_pose_frames():
     body = np.zeros((1, 18, 3), np.float32)
     body[0, :, 0], body[0, :, 1], body[0, :, 2] = np.arange(18) * 10, 20.0, 0.9
