@@ -1,5 +1,6 @@
 """ComfyUI node classes: thin wrappers that turn node inputs into `models/` calls."""
 from .body import ShapeAlign, SMPLXFit
+from .dispose import DenseMotionField, DisPoseControlApply, DisPoseControlNetLoader, KeypointCorrespondence
 from .face_id import IDAdapterApply
 from .face_refine import HJBFaceRefine
 from .model_paths import register_folders
@@ -24,6 +25,10 @@ NODE_CLASS_MAPPINGS = {
     "SVDAnimateSampler": SVDAnimateSampler,
     "IDAdapterApply": IDAdapterApply,
     "HJBFaceRefine": HJBFaceRefine,
+    "DenseMotionField": DenseMotionField,
+    "DisPoseControlNetLoader": DisPoseControlNetLoader,
+    "DisPoseControlApply": DisPoseControlApply,
+    "KeypointCorrespondence": KeypointCorrespondence,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "LoadReference": "Load Reference (Marionette)",
@@ -37,4 +42,8 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "SVDAnimateSampler": "SVD Animate Sampler (Marionette)",
     "IDAdapterApply": "ID Adapter Apply, StableAnimator face (Marionette)",
     "HJBFaceRefine": "HJB Face Refine, StableAnimator (Marionette)",
+    "DenseMotionField": "Dense Motion Field, DisPose (Marionette)",
+    "DisPoseControlNetLoader": "DisPose ControlNet Loader (Marionette)",
+    "DisPoseControlApply": "DisPose Control Apply (Marionette)",
+    "KeypointCorrespondence": "Keypoint Correspondence, DisPose DIFT (Marionette)",
 }

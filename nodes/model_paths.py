@@ -17,6 +17,7 @@ FOLDERS = {
     "smplx": ("smplx", {".npz", ".pkl"}),
     "animation": ("animation", {".pth", ".pt", ".bin", ".ckpt", ".safetensors"}),  # MimicMotion, StableAnimator
     "insightface": ("insightface", {".onnx"}),  # root of insightface packs: models/antelopev2/*.onnx
+    "dispose": ("dispose", {".pth", ".tar", ".pt", ".ckpt", ".safetensors"}),  # DisPose.pth, CMP checkpoint
 }
 
 
@@ -39,6 +40,7 @@ def register_folders() -> None:
         "smplx": [],
         "animation": [],
         "insightface": [],
+        "dispose": [],
     }
     for name, (sub, exts) in FOLDERS.items():
         default = os.path.join(folder_paths.models_dir, sub)

@@ -173,11 +173,11 @@ class SVDAnimationLoader:
 _LOAD_PARAMS = inspect.signature(mm.load_models_gpu).parameters
 
 
-def load_on_device(patcher) -> None:
-    """Let ComfyUI make room and move the model. Full load: diffusers layers are plain torch layers, which
+def load_on_device(*patchers) -> None:
+    """Let ComfyUI make room and move the models. Full load: diffusers layers are plain torch layers, which
     2025 hosts would leave on the CPU without casting in a partial (low-VRAM) load."""
     kwargs = {"force_full_load": True} if "force_full_load" in _LOAD_PARAMS else {}
-    mm.load_models_gpu([patcher], **kwargs)
+    mm.load_models_gpu(list(patchers), **kwargs)
 
 
 def _check_sizes(reference, poses) -> tuple[int, int]:
@@ -233,6 +233,31 @@ def _face_refiner(net: SVDAnimationModel, spec, pose_images: torch.Tensor):
     embedder = spec.embedder.to(mm.get_torch_device())
     return FaceRefiner(embedder, spec.reference, boxes, net.vae, net.vae_scaling_factor, spec.settings,
                        check=check_interrupt)
+
+
+def _controlled_unet(net: SVDAnimationModel, control, frames: int, size: tuple[int, int]):
+    """(UNet callable, per-frame inputs) for sampling: the plain UNet, or DisPose's ControlNet around it."""
+    if control is None:
+        return None, None
+    from ..models.dispose.controlled_unet import DisPoseUNet
+    from .dispose import frame_inputs
+    if net.animation != "mimicmotion":
+        raise MarionetteError("DisPose's ControlNet was trained on MimicMotion, not StableAnimator.",
+                              "Pick MimicMotion in SVD Animation Loader, or disconnect the control input.")
+    container = control.patcher.model
+    if container.tiny != net.tiny:
+        raise MarionetteError("The tiny random DisPose ControlNet only fits the tiny test model (and the real "
+                              "DisPose.pth only the real MimicMotion).",
+                              "Pick matching models in DisPose ControlNet Loader and SVD Animation Loader.")
+    keypoints = control.correspondence
+    embeddings = None if keypoints is None else keypoints.embeddings
+    if keypoints is not None and embeddings.shape[-1] != container.controlnet.point_adapter.embedding_channels:
+        raise MarionetteError(
+            f"The keypoint features are {embeddings.shape[-1]} wide but the ControlNet takes "
+            f"{container.controlnet.point_adapter.embedding_channels}.",
+            "Use SD1.5 in Keypoint Correspondence with DisPose.pth (the tiny SD1.5 goes with the tiny ControlNet).")
+    unet = DisPoseUNet(net.unet, container.controlnet, size, embeddings, control.strength)
+    return unet, frame_inputs(control, frames, size)
 
 
 def _pose_features(model: SVDAnimationModel, poses: torch.Tensor, device, dtype) -> torch.Tensor:
@@ -305,13 +330,15 @@ class SVDAnimateSampler:
                                                         "frame used); without it the first pose frame is used."}),
                 "face_refine": ("HJB_FACE_REFINE", {"tooltip": "HJB Face Refine: StableAnimator's face "
                                                                "optimisation during sampling (slow)."}),
+                "control": ("SVD_CONTROL", {"tooltip": "DisPose Control Apply: DisPose's motion field and "
+                                                       "keypoint guidance (MimicMotion)."}),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
     def animate(self, model, reference_image, pose_images, steps, cfg_min, cfg_max, fps, motion_bucket_id,
                 noise_aug_strength, tile_size, tile_overlap, seed, decode_chunk, reference_pose=None,
-                face_refine=None, unique_id=None):
+                face_refine=None, control=None, unique_id=None):
         from ..models.svd.sampler import SamplerSettings
         net = model.model
         if not isinstance(net, SVDAnimationModel):
@@ -328,20 +355,27 @@ class SVDAnimateSampler:
             motion_bucket_id=motion_bucket_id, noise_aug_strength=noise_aug_strength, tile_size=tile_size,
             tile_overlap=tile_overlap, seed=seed)
         face_tokens = model.model_options.get(FACE_TOKENS_KEY)
-        load_on_device(model)
+        unet, frame_inputs = _controlled_unet(net, control, poses.shape[0], tuple(reference_image.shape[1:3]))
+        load_on_device(model, *([] if control is None else [control.patcher]))
         refiner = None
         try:
             refiner = None if face_refine is None else _face_refiner(net, face_refine, pose_images)
-            latents = self._sample(net, reference_image, poses, settings, unique_id, face_tokens, refiner)
+            latents = self._sample(net, reference_image, poses, settings, unique_id, face_tokens, refiner,
+                                   unet, frame_inputs)
         finally:
             if face_refine is not None:
                 face_refine.embedder.to(mm.unet_offload_device())
         frames = self._decode(net, latents, decode_chunk)
-        return {"ui": self._ui(net, frames, fps, face_tokens is not None, refiner),
+        ui = self._ui(net, frames, fps, face_tokens is not None, refiner)
+        if control is not None:
+            ui["marionette_svd"][0]["dispose"] = {"motion": control.motion.method, "strength": control.strength,
+                                                  "keypoints": control.correspondence is not None}
+        return {"ui": ui,
                 "result": (frames, {"samples": latents.to(mm.intermediate_device())})}
 
     @staticmethod
-    def _sample(net, reference, poses, settings, unique_id, face_tokens=None, refiner=None) -> torch.Tensor:
+    def _sample(net, reference, poses, settings, unique_id, face_tokens=None, refiner=None, unet=None,
+                frame_inputs=None) -> torch.Tensor:
         from ..models.svd.conditioning import clip_image_embedding, reference_latent
         from ..models.svd.sampler import sample
         device, dtype = mm.get_torch_device(), net.get_dtype()
@@ -352,8 +386,8 @@ class SVDAnimateSampler:
         ref_latent = reference_latent(net.vae, reference, 1, settings.noise_aug_strength, generator, dtype)[0, 0]
         pose_features = _pose_features(net, poses, device, dtype)
         report = _StepReport(settings.steps, unique_id, device)
-        return sample(net.unet, cond, uncond if settings.uses_cfg else None, ref_latent, pose_features,
-                      settings, on_step=report, refine=refiner)
+        return sample(unet or net.unet, cond, uncond if settings.uses_cfg else None, ref_latent, pose_features,
+                      settings, on_step=report, refine=refiner, frame_inputs=frame_inputs)
 
     @staticmethod
     def _decode(net, latents, chunk) -> torch.Tensor:

@@ -11,42 +11,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from marionette.models.dispose.sd15 import SD15Configs
-
-# SD1.5's block layout at toy width: up_blocks[1] is a cross-attention block with an upsampler, 64 channels;
-# GroupNorm with 32 groups as in SD1.5.
-TINY_UNET = {"in_channels": 4, "out_channels": 4, "sample_size": 8, "block_out_channels": [32, 32, 64, 64],
-             "layers_per_block": 1, "cross_attention_dim": 32, "attention_head_dim": 4, "norm_num_groups": 32,
-             "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
-             "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3}
-# four levels (the 8x of SD1.5's VAE) with two resnets each (the LDM layout converters expect); 32 groups in
-# every GroupNorm as in the LDM modules, so that ComfyUI's own modules can run the same weights
-TINY_VAE = {"in_channels": 3, "out_channels": 3, "latent_channels": 4, "block_out_channels": [32, 32, 32, 64],
-            "layers_per_block": 2, "norm_num_groups": 32, "down_block_types": ["DownEncoderBlock2D"] * 4,
-            "up_block_types": ["UpDecoderBlock2D"] * 4, "scaling_factor": 0.18215}
-TINY_TEXT = {"vocab_size": 49408, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-             "num_attention_heads": 2, "max_position_embeddings": 77, "hidden_act": "quick_gelu",
-             "layer_norm_eps": 1e-5, "projection_dim": 32}
-FEATURE_CHANNELS = 64  # reversed(block_out_channels)[1]
-
-
-def tiny_configs() -> SD15Configs:
-    return SD15Configs(dict(TINY_UNET), dict(TINY_VAE), dict(TINY_TEXT))
-
-
-def tiny_modules(seed: int = 0) -> dict[str, nn.Module]:
-    """Random tiny UNet2DConditionModel, AutoencoderKL and CLIPTextModel (float32, eval)."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        modules = {"unet": UNet2DConditionModel(**TINY_UNET), "vae": AutoencoderKL(**TINY_VAE),
-                   "text_encoder": CLIPTextModel(CLIPTextConfig(**TINY_TEXT))}
-        with torch.no_grad():  # diffusers zero-initialises nothing we read, but make every weight non-trivial
-            for module in modules.values():
-                for parameter in module.parameters():
-                    parameter.add_(0.02 * torch.randn_like(parameter))
-    return {name: module.eval().requires_grad_(False) for name, module in modules.items()}
+# the tiny modules live in the library (the nodes offer them too); re-exported for the tests
+from marionette.models.dispose.tiny import (FEATURE_CHANNELS, TINY_TEXT, TINY_UNET, TINY_VAE,  # noqa: E402,F401
+                                            tiny_configs, tiny_modules)
 
 
 # ------------------------------------------------------------------------------------- released files

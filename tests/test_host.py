@@ -6,7 +6,8 @@ import torch
 
 OUR_NODES = ("LoadReference", "DWPoseExtract", "PoseAlign", "SavePoseKeypoint", "SMPLXFit", "ShapeAlign",
              "RenderGuidance", "SVDAnimationLoader", "SVDAnimateSampler",
-             "IDAdapterApply", "HJBFaceRefine")
+             "IDAdapterApply", "HJBFaceRefine", "DenseMotionField", "KeypointCorrespondence",
+             "DisPoseControlNetLoader", "DisPoseControlApply")
 EMBEDDED = "embedded (BlazePose)"
 
 

@@ -4,7 +4,8 @@ import { app } from "../../../scripts/app.js";
 
 const OUR_NODES = new Set(["LoadReference", "DWPoseExtract", "PoseAlign", "SavePoseKeypoint", "SMPLXFit",
   "ShapeAlign", "RenderGuidance", "SVDAnimationLoader", "SVDAnimateSampler",
-  "IDAdapterApply", "HJBFaceRefine"]);
+  "IDAdapterApply", "HJBFaceRefine", "DenseMotionField", "KeypointCorrespondence", "DisPoseControlNetLoader",
+  "DisPoseControlApply"]);
 window.__marionette = { loaded: true, setup: false, seen: [] };
 
 function statusText(message) {
@@ -29,6 +30,15 @@ function statusText(message) {
     const refine = v.face_refine ? `\nface refined at ${v.face_refine.steps_refined} steps, identity loss ` +
       `${Number(v.face_refine.loss_first).toFixed(3)} → ${Number(v.face_refine.loss_last).toFixed(3)}` : "";
     return `${v.frames} frames from ${v.model}` + refine + (v.warning ? `\n${v.warning}` : "");
+  }
+  if (message.marionette_motion) {
+    const m = message.marionette_motion[0];
+    return `${m.frames} motion fields (${m.method === "cmp" ? "CMP" : "embedded fallback"}), ` +
+      `largest ${m.max_dense_px} px`;
+  }
+  if (message.marionette_keypoints) {
+    const k = message.marionette_keypoints[0];
+    return `${k.reference_points} reference keypoints with ${k.feature_channels}-d DIFT features, ${k.frames} frames`;
   }
   if (message.marionette_face_refine) {
     const r = message.marionette_face_refine[0];

@@ -1,0 +1,343 @@
+"""DisPose on MimicMotion: DenseMotionField, the ControlNet loader and DisPose Control Apply."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+import comfy.model_management as mm
+import comfy.model_patcher
+import folder_paths
+
+from ..models.errors import MarionetteError
+from .host import Progress, check_interrupt, preview_ui, to_image_tensor
+from .model_paths import FOLDERS, model_choices
+
+CMP_METHOD = "CMP (official, ckpt_iter_42000.pth.tar)"
+FALLBACK_METHOD = "embedded fallback (keypoint interpolation in the person mask, no download)"
+TINY_CONTROLNET = "tiny random (no download, testing only)"
+TINY_SD = "tiny random SD1.5 (no download, testing only)"
+OFFICIAL_SD15 = "v1-5-pruned-emaonly.safetensors"
+_CMP: dict[tuple, nn.Module] = {}
+_SD15: dict[tuple, object] = {}
+
+
+@dataclass
+class MotionField:
+    """MOTION_FIELD: DisPose's two fields for the driving frames, [N, 2, H, W] pixel (dx, dy) each."""
+    dense: torch.Tensor
+    sparse: torch.Tensor
+    method: str
+
+
+@dataclass
+class Correspondence:
+    """KEYPOINT_CORRESPONDENCE: the reference keypoints' DIFT features and every frame's target keypoints."""
+    embeddings: torch.Tensor  # [1, 18, C]
+    points: torch.Tensor      # [F, 18, 2] (x / W, y / H); frame 0 = the reference pose
+    visible: torch.Tensor     # [F, 18] bool
+    tiny: bool
+
+
+@dataclass
+class SVDControl:
+    """SVD_CONTROL: what SVD Animate Sampler needs to steer MimicMotion with DisPose."""
+    patcher: object          # ModelPatcher around the ControlNet container
+    motion: MotionField
+    strength: float
+    correspondence: object | None = None  # KEYPOINT_CORRESPONDENCE
+
+
+class DisPoseControlNetModel(nn.Module):
+    """Container so ComfyUI's ModelPatcher can move the ControlNet (it writes `.device` on what it wraps)."""
+
+    def __init__(self, controlnet: nn.Module, tiny: bool):
+        super().__init__()
+        self.controlnet, self.tiny = controlnet, tiny
+
+
+def _poses(reference_pose, aligned_pose):
+    from ..models.pose.keypoint_json import pose_keypoint_to_frames
+    reference, driving = pose_keypoint_to_frames(reference_pose), pose_keypoint_to_frames(aligned_pose)
+    if not reference or not driving:
+        raise MarionetteError("DisPose needs the reference pose and at least one aligned driving pose.",
+                              "Connect DWPoseExtract (reference) and PoseAlign's aligned_pose.")
+    return [reference[0]] + list(driving)
+
+
+def _cmp_model(choice: str):
+    from ..models.dispose.cmp import CMP_SOURCE, load_cmp
+    path = folder_paths.get_full_path("dispose", choice)
+    if not path or not os.path.isfile(path):
+        default = os.path.join(folder_paths.models_dir, FOLDERS["dispose"][0])
+        raise MarionetteError(f"The CMP checkpoint '{choice}' was not found in the 'dispose' model folders.",
+                              f"Download {choice} ({CMP_SOURCE}) into {default}, or pick the method "
+                              f"'{FALLBACK_METHOD}'.")
+    key = (path, os.path.getmtime(path))
+    if key not in _CMP:
+        _CMP.clear()
+        _CMP[key] = load_cmp(path)
+    return _CMP[key]
+
+
+class DenseMotionField:
+    DESCRIPTION = ("DisPose's motion guidance from the aligned poses: the sparse field (frame-to-frame keypoint "
+                   "motion, Gaussian 199 / sigma 20) and the dense field (reference -> frame), propagated over "
+                   "the body by CMP as DisPose does, or by the embedded fallback (keypoint displacements "
+                   "interpolated inside the person mask; no download, not what DisPose was trained with). "
+                   "Keypoints missing in a frame are left out instead of pointing at the image corner.")
+    CATEGORY = "Marionette/DisPose"
+    FUNCTION = "build"
+    RETURN_TYPES = ("MOTION_FIELD", "IMAGE", "IMAGE")
+    RETURN_NAMES = ("motion_field", "dense_preview", "sparse_preview")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        from ..models.dispose.cmp import CMP_FILE
+        return {
+            "required": {
+                "reference_pose": ("POSE_KEYPOINT", {"tooltip": "DWPoseExtract on the reference image."}),
+                "aligned_pose": ("POSE_KEYPOINT", {"tooltip": "PoseAlign's aligned_pose (one per output frame)."}),
+                "reference_image": ("IMAGE", {"tooltip": "The reference at the video size."}),
+                "method": ([CMP_METHOD, FALLBACK_METHOD], {"default": CMP_METHOD}),
+                "cmp_model": (model_choices("dispose", (CMP_FILE,)), {
+                    "tooltip": "MOFA-Video's CMP checkpoint in models/dispose (used by the CMP method)."}),
+            },
+            "optional": {"person_mask": ("MASK", {"tooltip": "LoadReference's person_mask (fallback method)."})},
+            "hidden": {"unique_id": "UNIQUE_ID"},
+        }
+
+    def build(self, reference_pose, aligned_pose, reference_image, method, cmp_model, person_mask=None,
+              unique_id=None):
+        from ..models.dispose.fallback_field import dense_motion_field_fallback
+        from ..models.dispose.flow_vis import flow_to_rgb
+        from ..models.dispose.motion_field import dense_motion_field_cmp, sparse_motion_field
+        if reference_image.ndim != 4 or reference_image.shape[0] != 1:
+            raise MarionetteError(f"The reference image must be one frame, got shape {tuple(reference_image.shape)}.",
+                                  "Connect LoadReference's image.")
+        frames = _poses(reference_pose, aligned_pose)
+        if len(frames) < 2:
+            raise MarionetteError("DisPose's motion field needs at least one driving frame.",
+                                  "Connect a driving pose sequence.")
+        height, width = int(reference_image.shape[1]), int(reference_image.shape[2])
+        image = reference_image[0].float().cpu().numpy()
+        sparse = sparse_motion_field(frames, height, width)
+        check_interrupt()
+        if method == CMP_METHOD:
+            cmp = _cmp_model(cmp_model)
+            progress = Progress(len(frames) - 1, unique_id)
+
+            def report(done, total):
+                check_interrupt()
+                progress.bar.update_absolute(done, total)
+
+            dense = dense_motion_field_cmp(cmp, image, frames, callback=report)
+        elif method == FALLBACK_METHOD:
+            mask = None if person_mask is None else person_mask[0].float().cpu()
+            dense = dense_motion_field_fallback(frames, mask, height, width)
+        else:
+            raise MarionetteError(f"Unknown method '{method}'.", f"Pick '{CMP_METHOD}' or '{FALLBACK_METHOD}'.")
+        field = MotionField(dense, sparse, "cmp" if method == CMP_METHOD else "fallback")
+        dense_rgb, sparse_rgb = flow_to_rgb(dense), flow_to_rgb(sparse)
+        ui = preview_ui(dense_rgb, prefix="marionette_flow")
+        ui["marionette_motion"] = [{"frames": int(dense.shape[0]), "method": field.method,
+                                    "max_dense_px": round(float(dense.norm(dim=1).max()), 2)}]
+        return {"ui": ui, "result": (field, to_image_tensor(dense_rgb), to_image_tensor(sparse_rgb))}
+
+
+class DisPoseControlNetLoader:
+    DESCRIPTION = ("Loads DisPose's hybrid ControlNet (DisPose.pth, key-exact, weights only) from models/dispose, "
+                   f"or '{TINY_CONTROLNET}' for the tiny test MimicMotion model.")
+    CATEGORY = "Marionette/DisPose"
+    FUNCTION = "load"
+    RETURN_TYPES = ("DISPOSE_CONTROLNET",)
+    RETURN_NAMES = ("controlnet",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        from ..models.dispose.controlnet import CHECKPOINT_NAME
+        return {"required": {
+            "controlnet": ([TINY_CONTROLNET] + model_choices("dispose", (CHECKPOINT_NAME,)), {
+                "default": CHECKPOINT_NAME, "tooltip": "DisPose.pth in models/dispose."}),
+            "dtype": (["auto", "fp16", "bf16", "fp32"], {"default": "auto"}),
+        }}
+
+    def load(self, controlnet, dtype):
+        from ..models.dispose.controlnet import CHECKPOINT_NAME, CHECKPOINT_SOURCE, load_dispose_controlnet
+        from .svd import _resolve_dtype
+        torch_dtype = _resolve_dtype(dtype)
+        if controlnet == TINY_CONTROLNET:
+            from ..models.dispose.tiny import tiny_dispose_controlnet
+            module = tiny_dispose_controlnet().to(torch_dtype)
+        else:
+            path = folder_paths.get_full_path("dispose", controlnet)
+            if not path or not os.path.isfile(path):
+                default = os.path.join(folder_paths.models_dir, FOLDERS["dispose"][0])
+                raise MarionetteError(f"The DisPose ControlNet '{controlnet}' was not found in the 'dispose' "
+                                      "model folders.",
+                                      f"Download {CHECKPOINT_NAME} ({CHECKPOINT_SOURCE}) into {default}.")
+            module = load_dispose_controlnet(path, torch_dtype)
+        container = DisPoseControlNetModel(module, tiny=controlnet == TINY_CONTROLNET)
+        return (comfy.model_patcher.ModelPatcher(container, load_device=mm.get_torch_device(),
+                                                 offload_device=mm.unet_offload_device()),)
+
+
+class DisPoseControlApply:
+    DESCRIPTION = ("Bundles DisPose's guidance for SVD Animate Sampler (MimicMotion): the ControlNet, the motion "
+                   "field and, optionally, the keypoint correspondence, at a control strength (1.0 official).")
+    CATEGORY = "Marionette/DisPose"
+    FUNCTION = "apply"
+    RETURN_TYPES = ("SVD_CONTROL",)
+    RETURN_NAMES = ("control",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "controlnet": ("DISPOSE_CONTROLNET",),
+                "motion_field": ("MOTION_FIELD",),
+                "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0, "step": 0.05}),
+            },
+            "optional": {"keypoints": ("KEYPOINT_CORRESPONDENCE", {"tooltip": "Keypoint Correspondence output."})},
+        }
+
+    def apply(self, controlnet, motion_field, strength, keypoints=None):
+        if not isinstance(getattr(controlnet, "model", None), DisPoseControlNetModel):
+            raise MarionetteError("The controlnet input is not a DisPose ControlNet.",
+                                  "Connect DisPose ControlNet Loader.")
+        return (SVDControl(controlnet, motion_field, float(strength), keypoints),)
+
+
+def frame_inputs(control: SVDControl, frames: int, size: tuple[int, int]) -> dict[str, torch.Tensor]:
+    """The sampler's per-frame inputs for `frames` sampled frames (MimicMotion's anchor + driving frames)."""
+    motion = control.motion
+    if motion.dense.shape[0] != frames - 1:
+        raise MarionetteError(f"The motion field has {motion.dense.shape[0]} frames for {frames - 1} pose frames.",
+                              "Build the motion field from the same aligned poses as the pose images.")
+    if tuple(motion.dense.shape[-2:]) != tuple(size):
+        raise MarionetteError(f"The motion field is {motion.dense.shape[-1]}x{motion.dense.shape[-2]} but the video "
+                              f"is {size[1]}x{size[0]}.", "Build it from the reference at the video size.")
+    zero = torch.zeros_like(motion.dense[:1])
+    inputs = {"dense_flow": torch.cat([zero, motion.dense]), "sparse_flow": torch.cat([zero, motion.sparse])}
+    if control.correspondence is not None:
+        inputs.update(points=control.correspondence.points, visible=control.correspondence.visible)
+        if inputs["points"].shape[0] != frames:
+            raise MarionetteError(f"The keypoint correspondence has {inputs['points'].shape[0] - 1} driving frames "
+                                  f"for {frames - 1} pose frames.", "Build it from the same aligned poses.")
+    return inputs
+
+
+
+def _sd15_choices() -> list[str]:
+    folders = [name for name in _diffusers_folders() if "video" not in name.lower()]
+    files = [f for f in folder_paths.get_filename_list("checkpoints") if "svd" not in os.path.basename(f).lower()]
+    return [TINY_SD] + folders + [f for f in files if f != OFFICIAL_SD15] + [OFFICIAL_SD15]
+
+
+def _diffusers_folders() -> list[str]:
+    from .svd import _svd_folders
+    return _svd_folders()
+
+
+def _sd15(choice: str, dtype: torch.dtype):
+    from ..models.dispose.sd15 import load_sd15
+    from ..models.dispose.tiny import tiny_sd15
+    if choice == TINY_SD:
+        key = (choice, dtype)
+    else:
+        path = folder_paths.get_full_path("checkpoints", choice)
+        if not path:
+            path = next((os.path.join(root, choice) for root in folder_paths.get_folder_paths("diffusers")
+                         if os.path.isdir(os.path.join(root, choice))), None)
+        if not path:
+            raise MarionetteError(f"SD1.5 '{choice}' was not found in models/checkpoints or models/diffusers.",
+                                  f"Put {OFFICIAL_SD15} into {os.path.join(folder_paths.models_dir, 'checkpoints')} "
+                                  "(or the stable-diffusion-v1-5 diffusers folder into models/diffusers).")
+        key = (path, dtype, os.path.getmtime(path))
+    if key not in _SD15:
+        _SD15.clear()
+        _SD15[key] = tiny_sd15(dtype=dtype) if choice == TINY_SD else load_sd15(key[0], dtype)
+    return _SD15[key]
+
+
+class KeypointCorrespondence:
+    DESCRIPTION = ("DisPose's keypoint correspondence: DIFT features of the reference from SD1.5 (t=261, up_blocks[1], "
+                   "prompt 'photo of a human', a seeded ensemble of 8 noises) read at the 18 reference body "
+                   "keypoints; DisPose's ControlNet places them at every frame's aligned keypoints.")
+    CATEGORY = "Marionette/DisPose"
+    FUNCTION = "build"
+    RETURN_TYPES = ("KEYPOINT_CORRESPONDENCE", "IMAGE")
+    RETURN_NAMES = ("keypoints", "preview")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "sd15": (_sd15_choices(), {"default": OFFICIAL_SD15, "tooltip": "SD1.5 single file in "
+                                           "models/checkpoints or a diffusers folder in models/diffusers."}),
+                "reference_image": ("IMAGE", {"tooltip": "The reference at the video size."}),
+                "reference_pose": ("POSE_KEYPOINT", {"tooltip": "DWPoseExtract on the reference image."}),
+                "aligned_pose": ("POSE_KEYPOINT", {"tooltip": "PoseAlign's aligned_pose."}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFF,
+                                 "tooltip": "Noise of the DIFT ensemble (the official one is unseeded)."}),
+                "ensemble": ("INT", {"default": 8, "min": 1, "max": 32}),
+            },
+        }
+
+    def build(self, sd15, reference_image, reference_pose, aligned_pose, seed, ensemble):
+        from ..models.dispose.dift import body_keypoints, dift_features, prompt_embedding, reference_point_embeddings
+        from .svd import _resolve_dtype
+        if reference_image.ndim != 4 or reference_image.shape[0] != 1:
+            raise MarionetteError(f"The reference image must be one frame, got shape {tuple(reference_image.shape)}.",
+                                  "Connect LoadReference's image.")
+        height, width = int(reference_image.shape[1]), int(reference_image.shape[2])
+        parts = _sd15(sd15, _resolve_dtype("auto"))
+        device = mm.get_torch_device()
+        modules = (parts.unet, parts.vae, parts.text_encoder)
+        try:
+            for module in modules:
+                module.to(device)
+            text = prompt_embedding(parts.text_encoder)
+            check_interrupt()
+            features = dift_features(parts.unet, parts.vae, text, reference_image[0].permute(2, 0, 1).float(),
+                                     ensemble=ensemble, seed=seed, scaling_factor=parts.scaling_factor)
+        finally:
+            for module in modules:
+                module.to(mm.unet_offload_device())
+        frames = _poses(reference_pose, aligned_pose)
+        xy, visible = body_keypoints(frames)
+        reference = reference_point_embeddings(features.cpu(), xy[0], visible[0], height=height, width=width)
+        result = Correspondence(reference.embeddings[None], torch.from_numpy(xy).float(),
+                                torch.from_numpy(visible), tiny=sd15 == TINY_SD)
+        preview = correspondence_preview(reference_image[0], xy, visible)
+        ui = preview_ui(preview, prefix="marionette_keypoints")
+        ui["marionette_keypoints"] = [{"frames": len(frames) - 1, "reference_points": int(visible[0].sum()),
+                                       "feature_channels": int(result.embeddings.shape[-1])}]
+        return {"ui": ui, "result": (result, to_image_tensor(preview))}
+
+
+def correspondence_preview(image: torch.Tensor, xy: np.ndarray, visible: np.ndarray) -> np.ndarray:
+    """uint8 [N, H, W, 3]: the reference with its keypoints (dots) joined to each frame's target (rings)."""
+    import cv2
+    height, width = int(image.shape[0]), int(image.shape[1])
+    base = (image.float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+    scale = np.array([width, height])
+    colours = [tuple(int(c) for c in cv2.cvtColor(np.uint8([[[k * 10, 220, 255]]]), cv2.COLOR_HSV2RGB)[0, 0])
+               for k in range(xy.shape[1])]
+    frames = []
+    for t in range(1, len(xy)):
+        canvas = np.ascontiguousarray(base // 2)
+        for k, colour in enumerate(colours):
+            start = tuple(int(v) for v in xy[0, k] * scale)
+            if visible[0, k]:
+                cv2.circle(canvas, start, 3, colour, -1, cv2.LINE_AA)
+            if visible[t, k]:
+                end = tuple(int(v) for v in xy[t, k] * scale)
+                cv2.circle(canvas, end, 4, colour, 1, cv2.LINE_AA)
+                if visible[0, k]:
+                    cv2.line(canvas, start, end, colour, 1, cv2.LINE_AA)
+        frames.append(canvas)
+    return np.stack(frames)
