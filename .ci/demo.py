@@ -25,7 +25,8 @@ from harness.workflow import to_api  # noqa: E402
 DEMO_WORKFLOWS = {"pose_extraction.json": {}, "champ_guidance.json": {},
                   "mimicmotion.json": {"SVDAnimateSampler": {"steps": 2}},
                   "stableanimator_hjb.json": {"SVDAnimateSampler": {"steps": 2},
-                                              "HJBFaceRefine": {"iterations": 1, "end_step": 0}}}
+                                              "HJBFaceRefine": {"iterations": 1, "end_step": 0}},
+                  "dispose.json": {"SVDAnimateSampler": {"steps": 2}}}
 # insightface's antelopev2 pack cannot be downloaded here: without it ID Adapter Apply is bypassed (its model
 # input passed straight on, as the UI's bypass does) and StableAnimator runs with zero face tokens
 NEEDS_ANTELOPEV2 = "IDAdapterApply"

@@ -34,7 +34,7 @@ def newest(host, pattern):
 def test_every_workflow_has_a_run_test():
     shipped = {os.path.basename(p) for p in glob.glob(str(ROOT / "workflows" / "*.json"))}
     assert shipped == {"pose_extraction.json", "champ_guidance.json", "vividpose_guidance.json", "mimicmotion.json",
-                       "stableanimator.json", "stableanimator_hjb.json"}
+                       "stableanimator.json", "stableanimator_hjb.json", "dispose.json"}
 
 
 def test_pose_extraction_workflow_runs_and_writes_its_outputs(comfy_host, synthetic_media):
@@ -150,3 +150,14 @@ def test_stableanimator_workflows_make_a_video_with_the_tiny_models(comfy_host, 
     assert ("face_refine" in info) == name.endswith("_hjb.json")
     if "face_refine" in info:
         assert info["face_refine"]["steps_refined"] == 2
+
+
+def test_dispose_workflow_makes_a_video_with_the_tiny_models(comfy_host, synthetic_media):
+    small = {"LoadReference": {"size": "custom", "width": 192, "height": 256}, "SVDAnimateSampler": {"steps": 2},
+             "KeypointCorrespondence": {"ensemble": 2}}
+    result, ids = run_workflow(comfy_host, "dispose.json", small)
+    frames = synthetic_media["driving"].num_frames
+    assert read_video(newest(comfy_host, "dispose_*.mp4")).shape[:3] == (frames, 256, 192)
+    info = result.ui[ids["SVDAnimateSampler"][0]]["marionette_svd"][0]
+    assert info["model"] == "mimicmotion" and info["tiny"]
+    assert info["dispose"] == {"motion": "fallback", "strength": 1.0, "keypoints": True}
