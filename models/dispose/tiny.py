@@ -46,7 +46,8 @@ def tiny_modules(seed: int = 0) -> dict[str, nn.Module]:
 
 
 def tiny_sd15(seed: int = 0, dtype: torch.dtype = torch.float32) -> SD15Parts:
-    modules = {name: module.to(dtype) for name, module in tiny_modules(seed).items()}
+    # plain nn.Module.to: diffusers' override warns about fp32-only modules, which these have none of
+    modules = {name: nn.Module.to(module, dtype=dtype) for name, module in tiny_modules(seed).items()}
     return SD15Parts(modules["unet"], modules["vae"], modules["text_encoder"], dtype, "(tiny random SD1.5)")
 
 
