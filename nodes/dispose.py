@@ -119,9 +119,6 @@ class DenseMotionField:
             raise MarionetteError(f"The reference image must be one frame, got shape {tuple(reference_image.shape)}.",
                                   "Connect LoadReference's image.")
         frames = _poses(reference_pose, aligned_pose)
-        if len(frames) < 2:
-            raise MarionetteError("DisPose's motion field needs at least one driving frame.",
-                                  "Connect a driving pose sequence.")
         height, width = int(reference_image.shape[1]), int(reference_image.shape[2])
         image = reference_image[0].float().cpu().numpy()
         sparse = sparse_motion_field(frames, height, width)

@@ -3,7 +3,6 @@ fallback) -> DisPose ControlNet Loader (tiny) -> DisPose Control Apply -> SVD An
 MimicMotion model; the control changes the video; errors for a missing CMP file, StableAnimator, and a
 motion field of another length."""
 import pytest
-import torch
 
 from test_host import pose_node, reference_node
 from test_host_svd import TINY
