@@ -79,9 +79,10 @@ def main(out_dir: str) -> int:
                     print("NOTE:", info["warning"], flush=True)
                 if info.get("face_refine"):
                     refine = info["face_refine"]
-                    print(f"  HJB face refinement at {refine['steps_refined']} steps, identity loss "
-                          f"{refine['loss_first']:.3f} -> {refine['loss_last']:.3f} (tiny random face model)",
-                          flush=True)
+                    losses = (f"{refine['loss_first']:.3f}" if refine["steps_refined"] == 1 else
+                              f"{refine['loss_first']:.3f} -> {refine['loss_last']:.3f}")
+                    print(f"  HJB face refinement at {refine['steps_refined']} step(s), identity loss {losses} "
+                          "(tiny random face model)", flush=True)
         print(f"  done in {time.time() - t:.0f} s", flush=True)
     os.makedirs(out_dir, exist_ok=True)
     shutil.copytree(host.output_dir, out_dir, dirs_exist_ok=True)
