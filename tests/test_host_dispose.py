@@ -93,3 +93,32 @@ def test_bad_inputs_are_named(comfy_host, synthetic_media, change, words):
     for word in words:
         assert word in message
     assert comfy_host.run(dispose_prompt(synthetic_media, control=False)).success
+
+
+def test_cmp_method_runs_on_a_file_shaped_like_the_release(comfy_host, synthetic_media):
+    """A full-size CMP with random weights, saved as the released ckpt_iter_42000.pth.tar is (legacy torch
+    format, {step, state_dict}, `module.` names, no BatchNorm counters), in models/dispose."""
+    import os
+
+    import folder_paths
+    import torch
+
+    from marionette.models.dispose.cmp import random_cmp
+    state = {"module." + k: v for k, v in random_cmp(seed=3).state_dict().items() if "num_batches_tracked" not in k}
+    folder = os.path.join(folder_paths.models_dir, "dispose")
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, "ckpt_iter_42000.pth.tar")
+    torch.save({"step": 42000, "state_dict": state}, path, _use_new_zipfile_serialization=False)
+    folder_paths.filename_list_cache.pop("dispose", None)
+    try:
+        result = comfy_host.run(dispose_prompt(synthetic_media, method=CMP, keypoints=False))
+    finally:
+        os.remove(path)
+        folder_paths.filename_list_cache.pop("dispose", None)
+    assert result.success, result.error
+    field = result.output("7", 0)
+    frames = synthetic_media["driving"].num_frames
+    assert field.method == "cmp" and field.dense.shape == (frames, 2, SIZE, SIZE)
+    # CMP saturates near 49.5 px of its 384 grid, scaled to the video size
+    assert 0 < float(field.dense.abs().max()) <= 49.5 * SIZE / 384 + 1e-3
+    assert result.ui["11"]["marionette_svd"][0]["dispose"]["motion"] == "cmp"
