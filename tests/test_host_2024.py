@@ -9,6 +9,17 @@ from harness.media import REFERENCE_FILE, write_png
 from test_host import OUR_NODES, pose_node
 
 
+def run_on_2024(comfy_2024: str, tmp_path, prompt: dict, *inputs: str) -> dict:
+    """Runs `prompt` in the 2024 host in a subprocess (it cannot share a process with the 2025 one)."""
+    prompt_file = tmp_path / "prompt.json"
+    prompt_file.write_text(json.dumps(prompt))
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    run = subprocess.run([sys.executable, "-m", "harness.host2024", comfy_2024, str(prompt_file), *inputs],
+                         cwd=tests_dir, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
 def test_every_node_loads_and_runs_on_the_2024_host(tmp_path, synthetic):
     comfy_2024 = need_env("MARIONETTE_COMFY_2024")
     reference = write_png(str(tmp_path / REFERENCE_FILE), synthetic["reference"].frames[0])
@@ -27,13 +38,7 @@ def test_every_node_loads_and_runs_on_the_2024_host(tmp_path, synthetic):
         "7": {"class_type": "PreviewImage", "inputs": {"images": ["6", 2]}},
         "8": {"class_type": "SavePoseKeypoint", "inputs": {"pose_keypoint": ["3", 0], "filename_prefix": "old"}},
     }
-    prompt_file = tmp_path / "prompt.json"
-    prompt_file.write_text(json.dumps(prompt))
-    tests_dir = os.path.dirname(os.path.abspath(__file__))
-    run = subprocess.run([sys.executable, "-m", "harness.host2024", comfy_2024, str(prompt_file), reference],
-                         cwd=tests_dir, capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stderr[-3000:]
-    report = json.loads(run.stdout.strip().splitlines()[-1])
+    report = run_on_2024(comfy_2024, tmp_path, prompt, reference)
     assert set(OUR_NODES) <= set(report["nodes"])
     assert report["ok"], report["error"]
     assert report["outputs"]["2"]["marionette_people"] == [1, 1]
@@ -64,13 +69,7 @@ def test_animation_nodes_run_on_the_2024_host(tmp_path, synthetic):
             "tile_overlap": 4, "seed": 1, "decode_chunk": 4, "face_refine": ["5", 0]}},
         "7": {"class_type": "PreviewImage", "inputs": {"images": ["6", 0]}},
     }
-    prompt_file = tmp_path / "prompt.json"
-    prompt_file.write_text(json.dumps(prompt))
-    tests_dir = os.path.dirname(os.path.abspath(__file__))
-    run = subprocess.run([sys.executable, "-m", "harness.host2024", comfy_2024, str(prompt_file), reference],
-                         cwd=tests_dir, capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stderr[-3000:]
-    report = json.loads(run.stdout.strip().splitlines()[-1])
+    report = run_on_2024(comfy_2024, tmp_path, prompt, reference)
     assert report["ok"], report["error"]
     info = report["outputs"]["6"]["marionette_svd"][0]
     assert info["model"] == "stableanimator" and info["face_refine"]["steps_refined"] == 2

@@ -25,7 +25,7 @@ from torch import nn
 
 from ..errors import MarionetteError
 from ..svd.base import _finish, _materialise_buffers
-from ..svd.checkpoints import TORCH_SUFFIXES, load_state_dict_file
+from ..svd.checkpoints import TORCH_SUFFIXES, load_state_dict_file, open_safetensors
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 HF_REPO = "stable-diffusion-v1-5/stable-diffusion-v1-5"  # formerly runwayml/stable-diffusion-v1-5
@@ -383,16 +383,7 @@ def _open_reader(path: str):
         raise MarionetteError(f"SD1.5 checkpoint not found: {path}.", FILE_FIX)
     suffix = os.path.splitext(path)[1].lower()
     if suffix == ".safetensors":
-        from safetensors import SafetensorError, safe_open
-        try:
-            handle = safe_open(path, framework="pt", device="cpu")
-        except (SafetensorError, OSError, ValueError, RuntimeError) as error:
-            reason = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
-            raise MarionetteError(
-                f"{name} ({os.path.getsize(path):,} bytes) is truncated or not a safetensors file: {reason[:160]}.",
-                "Download the file again (an interrupted download leaves it truncated) and compare its size "
-                "with the one on the download page.") from error
-        with handle:
+        with open_safetensors(path) as handle:
             yield list(handle.keys()), handle.get_tensor
     elif suffix in TORCH_SUFFIXES:
         state = load_state_dict_file(path)  # weights-only torch.load, memory-mapped for zip files

@@ -27,6 +27,7 @@ pattern. Tensor shapes are enforced by the strict `load_state_dict` into each mo
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import pickle
@@ -100,6 +101,19 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             f"{name}: unsupported checkpoint type '{suffix or '(no extension)'}'.",
             "Use a .safetensors file or a PyTorch .pth/.pt/.bin/.ckpt/.pth.tar file.")
     return _as_state_dict(_unwrap(content), name)
+
+
+@contextlib.contextmanager
+def open_safetensors(path: str):
+    """A memory-mapped safetensors file (a `safe_open` handle: header first, tensors read one at a time).
+    A truncated or foreign file is a `MarionetteError` naming it."""
+    from safetensors import SafetensorError, safe_open
+    try:
+        handle = safe_open(path, framework="pt", device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        raise _corrupt(path, error) from error
+    with handle:
+        yield handle
 
 
 def _read_safetensors(path: str):

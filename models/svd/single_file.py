@@ -26,7 +26,7 @@ from torch import nn
 
 from ..errors import MarionetteError
 from .base import UNET_VARIANTS, SVDBase, _check_dtype, _finish, _materialise_buffers
-from .checkpoints import TORCH_SUFFIXES, load_state_dict_file
+from .checkpoints import TORCH_SUFFIXES, load_state_dict_file, open_safetensors
 from .conditioning import CLIP_MEAN, CLIP_STD
 from .single_file_keys import (SVD_XT_SCHEDULER_CONFIG, UNET, Layout, Rule, SingleFileConfigs, conversion_rules,
                                detect_layout, svd_xt_configs, unused_keys)
@@ -196,16 +196,7 @@ def _open_source(path: str):
         raise MarionetteError(f"Checkpoint not found: {path}.", FIX)
     suffix = os.path.splitext(path)[1].lower()
     if suffix == ".safetensors":
-        from safetensors import SafetensorError, safe_open
-        try:
-            handle = safe_open(path, framework="pt", device="cpu")
-        except (SafetensorError, OSError, ValueError, RuntimeError) as error:
-            reason = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
-            raise MarionetteError(
-                f"{name} ({os.path.getsize(path):,} bytes) is truncated or not a safetensors file: {reason[:160]}.",
-                "Download the file again (an interrupted download leaves it truncated) and compare its size "
-                "with the one on the download page.") from error
-        with handle:
+        with open_safetensors(path) as handle:
             yield _SafetensorsSource(handle)
     elif suffix in TORCH_SUFFIXES:
         yield _DictSource(load_state_dict_file(path))  # weights-only torch.load, memory-mapped for zip files
