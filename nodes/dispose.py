@@ -14,7 +14,7 @@ import folder_paths
 
 from ..models.errors import MarionetteError
 from .host import Progress, check_interrupt, preview_ui, to_image_tensor
-from .model_paths import FOLDERS, model_choices
+from .model_paths import model_choices, require_model
 
 CMP_METHOD = "CMP (official, ckpt_iter_42000.pth.tar)"
 FALLBACK_METHOD = "embedded fallback (keypoint interpolation in the person mask, no download)"
@@ -70,12 +70,7 @@ def _poses(reference_pose, aligned_pose):
 
 def _cmp_model(choice: str):
     from ..models.dispose.cmp import CMP_SOURCE, load_cmp
-    path = folder_paths.get_full_path("dispose", choice)
-    if not path or not os.path.isfile(path):
-        default = os.path.join(folder_paths.models_dir, FOLDERS["dispose"][0])
-        raise MarionetteError(f"The CMP checkpoint '{choice}' was not found in the 'dispose' model folders.",
-                              f"Download {choice} ({CMP_SOURCE}) into {default}, or pick the method "
-                              f"'{FALLBACK_METHOD}'.")
+    path = require_model("dispose", choice, CMP_SOURCE, f", or pick the method '{FALLBACK_METHOD}'")
     key = (path, os.path.getmtime(path))
     if key not in _CMP:
         _CMP.clear()
@@ -163,19 +158,14 @@ class DisPoseControlNetLoader:
         }}
 
     def load(self, controlnet, dtype):
-        from ..models.dispose.controlnet import CHECKPOINT_NAME, CHECKPOINT_SOURCE, load_dispose_controlnet
+        from ..models.dispose.controlnet import CHECKPOINT_SOURCE, load_dispose_controlnet
         from .svd import _resolve_dtype
         torch_dtype = _resolve_dtype(dtype)
         if controlnet == TINY_CONTROLNET:
             from ..models.dispose.tiny import tiny_dispose_controlnet
             module = tiny_dispose_controlnet().to(torch_dtype)
         else:
-            path = folder_paths.get_full_path("dispose", controlnet)
-            if not path or not os.path.isfile(path):
-                default = os.path.join(folder_paths.models_dir, FOLDERS["dispose"][0])
-                raise MarionetteError(f"The DisPose ControlNet '{controlnet}' was not found in the 'dispose' "
-                                      "model folders.",
-                                      f"Download {CHECKPOINT_NAME} ({CHECKPOINT_SOURCE}) into {default}.")
+            path = require_model("dispose", controlnet, CHECKPOINT_SOURCE)
             module = load_dispose_controlnet(path, torch_dtype)
         container = DisPoseControlNetModel(module, tiny=controlnet == TINY_CONTROLNET)
         return (comfy.model_patcher.ModelPatcher(container, load_device=mm.get_torch_device(),

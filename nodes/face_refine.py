@@ -11,7 +11,7 @@ import folder_paths
 
 from ..models.errors import MarionetteError
 from .host import to_mask_tensor
-from .model_paths import FOLDERS, model_choices
+from .model_paths import model_choices, require_model
 
 TINY_FACE_MODEL = "tiny random (testing only)"
 OFFICIAL_FACE_MODEL = ("Animation/glintr100_torch.pth",)
@@ -35,12 +35,7 @@ def _face_model(choice: str) -> torch.nn.Module:
     if choice == TINY_FACE_MODEL:
         key = (choice,)
     else:
-        path = folder_paths.get_full_path("animation", choice)
-        if not path or not os.path.isfile(path):
-            default = os.path.join(folder_paths.models_dir, FOLDERS["animation"][0])
-            raise MarionetteError(f"Face model '{choice}' was not found in the 'animation' model folders.",
-                                  f"Download glintr100_torch.pth from {FACE_MODEL_SOURCE} and put it into "
-                                  f"{default} as {choice}.")
+        path = require_model("animation", choice, FACE_MODEL_SOURCE)
         key = (path, os.path.getmtime(path))
     if key not in _MODELS:
         _MODELS.clear()

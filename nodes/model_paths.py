@@ -58,15 +58,16 @@ def model_choices(folder: str, official: tuple[str, ...]) -> list[str]:
     return list(official) + sorted(f for f in present if f not in official)
 
 
-def require_model(folder: str, filename: str, where_to_get: str) -> str:
-    """Full path of a model file, or an error naming the file, the folder and where to get it."""
+def require_model(folder: str, filename: str, where_to_get: str, alternative: str = "") -> str:
+    """Full path of a model file, or an error naming the file, the folder and where to get it (and an
+    `alternative` that needs no file, when there is one)."""
     path = folder_paths.get_full_path(folder, filename)
     if path and os.path.isfile(path):
         return path
     default = os.path.join(folder_paths.models_dir, FOLDERS[folder][0])
     raise MarionetteError(f"Model file '{filename}' was not found in the '{folder}' model folders.",
                           f"Download {filename} ({where_to_get}) and put it into {default} "
-                          f"(or a folder listed for '{folder}' in extra_model_paths.yaml).")
+                          f"(or a folder listed for '{folder}' in extra_model_paths.yaml){alternative}.")
 
 
 def mediapipe_dir(filenames: tuple[str, ...]) -> str:
