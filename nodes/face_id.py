@@ -10,7 +10,7 @@ import comfy.model_management as mm
 import folder_paths
 
 from ..models.errors import MarionetteError
-from .model_paths import FOLDERS, model_choices
+from .model_paths import FOLDERS, model_choices, require_model
 from .svd import FACE_TOKENS_KEY, SOURCES, SVDAnimationModel, load_on_device
 
 TINY_FACE_ENCODER = "tiny random (testing only)"
@@ -48,12 +48,7 @@ def _face_encoder(choice: str, net: SVDAnimationModel):
             raise MarionetteError("The tiny random face encoder only fits the tiny test model.",
                                   "Pick Animation/face_encoder.pth (StableAnimator's face encoder).")
         return tiny_face_encoder(token_dim)
-    path = folder_paths.get_full_path("animation", choice)
-    if not path or not os.path.isfile(path):
-        default = os.path.join(folder_paths.models_dir, FOLDERS["animation"][0])
-        raise MarionetteError(f"Face encoder '{choice}' was not found in the 'animation' model folders.",
-                              f"Download face_encoder.pth from {SOURCES['stableanimator']} and put it into "
-                              f"{default} as {choice}.")
+    path = require_model("animation", choice, SOURCES["stableanimator"])
     encoder = load_face_encoder(path)
     if encoder.cross_attention_dim != token_dim:
         raise MarionetteError(f"{choice} makes {encoder.cross_attention_dim}-wide face tokens but this UNet "

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-import folder_paths
 
 from ..models.errors import MarionetteError
 from .host import to_mask_tensor

@@ -14,7 +14,7 @@ import folder_paths
 
 from ..models.errors import MarionetteError
 from .host import Progress, check_interrupt, preview_ui
-from .model_paths import FOLDERS, model_choices
+from .model_paths import FOLDERS, model_choices, require_model
 
 TINY_CHOICE = "tiny random (no download, testing only)"
 ANIMATIONS = {"MimicMotion": "mimicmotion", "StableAnimator": "stableanimator"}
@@ -87,14 +87,7 @@ def _svd_folder_path(name: str) -> str:
 
 
 def _checkpoint_path(name: str, animation: str) -> str:
-    path = folder_paths.get_full_path("animation", name)
-    if path and os.path.isfile(path):
-        return path
-    default = os.path.join(folder_paths.models_dir, FOLDERS["animation"][0])
-    raise MarionetteError(
-        f"Checkpoint '{name}' was not found in the 'animation' model folders.",
-        f"Download it from {SOURCES[animation]} and put it into {default} as {name} (or into a folder listed "
-        "for 'animation' in extra_model_paths.yaml).")
+    return require_model("animation", name, SOURCES[animation])
 
 
 def _pose_net_path(unet_path: str, checkpoint: str) -> str:
