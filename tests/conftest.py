@@ -25,6 +25,17 @@ def need_env(name: str) -> str:
     return value
 
 
+def comfy_model_code() -> str:
+    """Makes ComfyUI's own model code importable in this process (CPU, no argument parsing, nothing
+    started), for tests that compare our modules with ComfyUI's; returns the ComfyUI folder."""
+    comfy_dir = need_env("MARIONETTE_COMFY")
+    if comfy_dir not in sys.path:
+        sys.path.insert(0, comfy_dir)
+    from comfy.cli_args import args
+    args.cpu = True
+    return comfy_dir
+
+
 @pytest.fixture(scope="session")
 def comfy_host():
     need_env("MARIONETTE_COMFY")

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import need_env  # noqa: E402
+from conftest import comfy_model_code  # noqa: E402
 from dispose_dift_fixture import (TINY_UNET, ldm_unet_name, single_file_state, tiny_configs,  # noqa: E402
                                   tiny_modules)
 
@@ -29,11 +29,7 @@ VAE_DDCONFIG = {"double_z": True, "z_channels": 4, "resolution": 256, "in_channe
 
 
 def _import_comfy():
-    comfy_dir = need_env("MARIONETTE_COMFY")
-    if comfy_dir not in sys.path:
-        sys.path.insert(0, comfy_dir)
-    from comfy.cli_args import args
-    args.cpu = True
+    comfy_dir = comfy_model_code()
     import comfy.diffusers_convert
     import comfy.model_detection
     import comfy.ops

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import need_env  # noqa: E402
+from conftest import comfy_model_code  # noqa: E402
 
 KEYS_JSON = Path(__file__).resolve().parent / "data" / "keys" / "svd_xt_single_file.json"
 UNET, FIRST_STAGE = "model.diffusion_model.", "first_stage_model."
@@ -29,11 +29,7 @@ OPEN_CLIP, COND_AE = "conditioner.embedders.0.open_clip.model.", "conditioner.em
 
 def _import_comfy():
     """ComfyUI's model code, without starting anything (CPU, no argument parsing)."""
-    comfy_dir = need_env("MARIONETTE_COMFY")
-    if comfy_dir not in sys.path:
-        sys.path.insert(0, comfy_dir)
-    from comfy.cli_args import args
-    args.cpu = True
+    comfy_model_code()
     import comfy.clip_vision
     import comfy.model_detection
     import comfy.ops
@@ -434,11 +430,12 @@ def test_loader_reads_only_what_the_variant_needs(tiny, tmp_path, monkeypatch):
     from safetensors.torch import save_file
 
     from marionette.models.svd import single_file
+    from marionette.models.svd.checkpoints import SafetensorsTensors
     path = tmp_path / "svd_xt_tiny.safetensors"
     save_file({k: v.float().contiguous() for k, v in tiny["state"].items()}, str(path))
     read = []
-    original = single_file._SafetensorsSource.get
-    monkeypatch.setattr(single_file._SafetensorsSource, "get",
+    original = SafetensorsTensors.get
+    monkeypatch.setattr(SafetensorsTensors, "get",
                         lambda self, name: read.append(name) or original(self, name))
     single_file.load_svd_single_file(path, dtype=torch.bfloat16, unet_variant="stableanimator", configs=_configs())
     assert read and not any(name.startswith(UNET) for name in read)

@@ -25,7 +25,7 @@ from torch import nn
 
 from ..errors import MarionetteError
 from ..svd.base import _finish, _materialise_buffers
-from ..svd.checkpoints import TORCH_SUFFIXES, load_state_dict_file, open_safetensors
+from ..svd.checkpoints import load_state_dict_file, open_checkpoint
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 HF_REPO = "stable-diffusion-v1-5/stable-diffusion-v1-5"  # formerly runwayml/stable-diffusion-v1-5
@@ -375,23 +375,6 @@ def convert_sd15_single_file(state_dict: Mapping[str, torch.Tensor], configs: SD
             for part in ("unet", "vae", "text_encoder")}
 
 
-@contextlib.contextmanager
-def _open_reader(path: str):
-    """(keys, read(name)) of a checkpoint: memory-mapped tensor by tensor for safetensors, loaded for pickles."""
-    name = os.path.basename(path)
-    if not os.path.isfile(path):
-        raise MarionetteError(f"SD1.5 checkpoint not found: {path}.", FILE_FIX)
-    suffix = os.path.splitext(path)[1].lower()
-    if suffix == ".safetensors":
-        with open_safetensors(path) as handle:
-            yield list(handle.keys()), handle.get_tensor
-    elif suffix in TORCH_SUFFIXES:
-        state = load_state_dict_file(path)  # weights-only torch.load, memory-mapped for zip files
-        yield list(state.keys()), state.__getitem__
-    else:
-        raise MarionetteError(f"{name}: unsupported checkpoint type '{suffix or '(no extension)'}'.", FILE_FIX)
-
-
 def load_sd15_single_file(path: str | os.PathLike, dtype: torch.dtype = torch.float16, *,
                           configs: SD15Configs | None = None) -> SD15Parts:
     """SD1.5's UNet, VAE and CLIP text encoder from a single-file checkpoint (LDM naming), offline and strict.
@@ -400,7 +383,8 @@ def load_sd15_single_file(path: str | os.PathLike, dtype: torch.dtype = torch.fl
     dtype = _check_dtype(dtype)
     configs = configs or sd15_configs()
     name = os.path.basename(path)
-    with _open_reader(path) as (keys, read):
+    with open_checkpoint(path) as source:
+        keys, read = source.keys(), source.get
         plan = plan_sd15_single_file(keys, name)
         modules = _empty_modules(configs)
         for part in ("unet", "vae", "text_encoder"):  # one part's tensors in memory at a time

@@ -82,38 +82,78 @@ ID_ADAPTER_CONTEXT_DIM = 1024  # id_to_k/v map the 1024-d face tokens to each bl
 
 
 # ----------------------------------------------------------------------------------------- files
+def _checkpoint_suffix(path: str) -> str:
+    """The file's kind ('.safetensors' or a torch suffix); a missing or unknown file is refused by name."""
+    if not os.path.isfile(path):
+        raise MarionetteError(f"Checkpoint not found: {path}.", "Check the file name and the folder it is in.")
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix != ".safetensors" and suffix not in TORCH_SUFFIXES:
+        raise MarionetteError(
+            f"{os.path.basename(path)}: unsupported checkpoint type '{suffix or '(no extension)'}'.",
+            "Use a .safetensors file or a PyTorch .pth/.pt/.bin/.ckpt/.pth.tar file.")
+    return suffix
+
+
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Tensors of a checkpoint file by name, on the CPU in their stored dtype.
 
     A top-level `state_dict` or `module` wrapper (training checkpoints) is unwrapped; anything that is
     not a mapping of names to tensors is refused with a `MarionetteError` naming the file."""
     path = os.fspath(path)
-    name = os.path.basename(path)
-    if not os.path.isfile(path):
-        raise MarionetteError(f"Checkpoint not found: {path}.", "Check the file name and the folder it is in.")
-    suffix = os.path.splitext(path)[1].lower()
-    if suffix == ".safetensors":
-        content = _read_safetensors(path)
-    elif suffix in TORCH_SUFFIXES:
-        content = _read_torch(path)
-    else:
-        raise MarionetteError(
-            f"{name}: unsupported checkpoint type '{suffix or '(no extension)'}'.",
-            "Use a .safetensors file or a PyTorch .pth/.pt/.bin/.ckpt/.pth.tar file.")
-    return _as_state_dict(_unwrap(content), name)
+    suffix = _checkpoint_suffix(path)
+    content = _read_safetensors(path) if suffix == ".safetensors" else _read_torch(path)
+    return _as_state_dict(_unwrap(content), os.path.basename(path))
+
+
+class DictTensors:
+    """A loaded state dict seen as a tensor source (see `open_checkpoint`)."""
+
+    def __init__(self, state_dict: Mapping[str, torch.Tensor]):
+        self.state_dict = state_dict
+
+    def keys(self) -> list[str]:
+        return list(self.state_dict.keys())
+
+    def get(self, name: str) -> torch.Tensor:
+        return self.state_dict[name]
+
+    def like(self, name: str) -> tuple[tuple[int, ...], torch.dtype, torch.device]:
+        tensor = self.state_dict[name]
+        return tuple(tensor.shape), tensor.dtype, tensor.device
+
+
+class SafetensorsTensors:
+    """A memory-mapped safetensors file: shapes from the header, tensors read one at a time."""
+
+    def __init__(self, handle):
+        self.handle = handle
+
+    def keys(self) -> list[str]:
+        return list(self.handle.keys())
+
+    def get(self, name: str) -> torch.Tensor:
+        return self.handle.get_tensor(name)
+
+    def like(self, name: str) -> tuple[tuple[int, ...], torch.dtype, torch.device]:
+        return tuple(self.handle.get_slice(name).get_shape()), torch.float32, torch.device("cpu")
 
 
 @contextlib.contextmanager
-def open_safetensors(path: str):
-    """A memory-mapped safetensors file (a `safe_open` handle: header first, tensors read one at a time).
-    A truncated or foreign file is a `MarionetteError` naming it."""
+def open_checkpoint(path: str | os.PathLike):
+    """A checkpoint as a tensor source (`keys()`, `get(name)`, `like(name)`), not loaded whole where the
+    format allows: safetensors are memory-mapped and read tensor by tensor, pickles go through the
+    weights-only loader. Missing, unknown or truncated files are refused by name."""
+    path = os.fspath(path)
+    if _checkpoint_suffix(path) != ".safetensors":
+        yield DictTensors(load_state_dict_file(path))  # weights-only torch.load, memory-mapped for zip files
+        return
     from safetensors import SafetensorError, safe_open
     try:
         handle = safe_open(path, framework="pt", device="cpu")
     except (SafetensorError, OSError, ValueError, RuntimeError) as error:
         raise _corrupt(path, error) from error
     with handle:
-        yield handle
+        yield SafetensorsTensors(handle)
 
 
 def _read_safetensors(path: str):

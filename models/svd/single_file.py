@@ -14,7 +14,6 @@ independently, exactly as the frame-wise decoder does).
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import os
 from collections import Counter
@@ -26,7 +25,7 @@ from torch import nn
 
 from ..errors import MarionetteError
 from .base import UNET_VARIANTS, SVDBase, _check_dtype, _finish, _materialise_buffers
-from .checkpoints import TORCH_SUFFIXES, load_state_dict_file, open_safetensors
+from .checkpoints import DictTensors, open_checkpoint
 from .conditioning import CLIP_MEAN, CLIP_STD
 from .single_file_keys import (SVD_XT_SCHEDULER_CONFIG, UNET, Layout, Rule, SingleFileConfigs, conversion_rules,
                                detect_layout, svd_xt_configs, unused_keys)
@@ -91,37 +90,6 @@ def _check_is_svd(keys: list[str], label: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------- conversion
-class _DictSource:
-    def __init__(self, state_dict: Mapping[str, torch.Tensor]):
-        self.state_dict = state_dict
-
-    def keys(self) -> list[str]:
-        return list(self.state_dict.keys())
-
-    def get(self, name: str) -> torch.Tensor:
-        return self.state_dict[name]
-
-    def like(self, name: str) -> tuple[tuple[int, ...], torch.dtype, torch.device]:
-        tensor = self.state_dict[name]
-        return tuple(tensor.shape), tensor.dtype, tensor.device
-
-
-class _SafetensorsSource:
-    """A memory-mapped safetensors file: shapes from the header, tensors read one at a time."""
-
-    def __init__(self, handle):
-        self.handle = handle
-
-    def keys(self) -> list[str]:
-        return list(self.handle.keys())
-
-    def get(self, name: str) -> torch.Tensor:
-        return self.handle.get_tensor(name)
-
-    def like(self, name: str) -> tuple[tuple[int, ...], torch.dtype, torch.device]:
-        return tuple(self.handle.get_slice(name).get_shape()), torch.float32, torch.device("cpu")
-
-
 def _transform(rule: Rule, tensors: list[torch.Tensor], label: str) -> tuple[torch.Tensor, ...]:
     tensor = tensors[0]
     shape = tuple(tensor.shape)
@@ -185,25 +153,10 @@ def convert_svd_single_file(state_dict: Mapping[str, torch.Tensor]) -> dict[str,
     (`CLIPVisionModelWithProjection`) naming, dtypes kept. Tensors are shared with the input where no
     transform is needed. Raises MarionetteError for anything that is not an SVD single file."""
     plan = plan_svd_single_file(state_dict.keys())
-    return _convert(plan, _DictSource(state_dict), PARTS, None, "This checkpoint")
+    return _convert(plan, DictTensors(state_dict), PARTS, None, "This checkpoint")
 
 
 # ------------------------------------------------------------------------------------------- loading
-@contextlib.contextmanager
-def _open_source(path: str):
-    name = os.path.basename(path)
-    if not os.path.isfile(path):
-        raise MarionetteError(f"Checkpoint not found: {path}.", FIX)
-    suffix = os.path.splitext(path)[1].lower()
-    if suffix == ".safetensors":
-        with open_safetensors(path) as handle:
-            yield _SafetensorsSource(handle)
-    elif suffix in TORCH_SUFFIXES:
-        yield _DictSource(load_state_dict_file(path))  # weights-only torch.load, memory-mapped for zip files
-    else:
-        raise MarionetteError(f"{name}: unsupported checkpoint type '{suffix or '(no extension)'}'.", FIX)
-
-
 def _fill(module: nn.Module, tensors: dict[str, torch.Tensor], part: str, name: str, dtype) -> nn.Module:
     try:
         module.load_state_dict(tensors, strict=True, assign=True)
@@ -239,7 +192,7 @@ def load_svd_single_file(path: str | os.PathLike, dtype: torch.dtype = torch.flo
     configs = configs or svd_xt_configs()
     name = os.path.basename(path)
     parts = ("vae", "image_encoder") + (("unet",) if unet_variant == "svd" else ())
-    with _open_source(path) as source:
+    with open_checkpoint(path) as source:
         plan = plan_svd_single_file(source.keys(), name)
         modules = _empty_modules(configs, unet_variant)
         for part in parts:  # one part at a time: at most one module's converted tensors are in flight
