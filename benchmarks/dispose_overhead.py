@@ -35,7 +35,7 @@ def main() -> None:
     from marionette.models.svd.unet import build_unet
 
     torch.manual_seed(0)
-    unet = build_unet(svd_xt_unet_config(), id_adapter=False).eval().requires_grad_(False)
+    unet = build_unet(svd_xt_unet_config()).eval().requires_grad_(False)
     controlnet = DisPoseControlNet(**dispose_controlnet_config()).eval().requires_grad_(False)
     frames, size = args.frames + 1, args.latent * 8
     latent = args.latent

@@ -38,10 +38,10 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     from marionette.models.svd.conditioning import decode_latents
-    from marionette.models.svd.face_refine import FaceRefiner, RefineSettings
-    from marionette.models.svd.iresnet import tiny_iresnet
+    from marionette.models.stableanimator.hjb import FaceRefiner, RefineSettings
+    from marionette.models.stableanimator.iresnet import tiny_iresnet
     from marionette.models.svd.sampler import SamplerSettings, sample
-    from marionette.models.svd.tiny import tiny_animation_model
+    from marionette.models.pipelines.svd_tiny import tiny_animation_model
 
     model = tiny_animation_model("stableanimator", seed=0)
     latent, frames = args.size // 8, args.frames

@@ -37,10 +37,10 @@ def child(config: str, frames: int, size: int, steps: int) -> dict:
     sys.path.insert(0, os.path.join(ROOT, "tests"))
     import harness  # noqa: F401  (the `marionette` library alias)
     from marionette.models.svd.conditioning import decode_latents
-    from marionette.models.svd.face_refine import FaceRefiner, RefineSettings
-    from marionette.models.svd.iresnet import tiny_iresnet
+    from marionette.models.stableanimator.hjb import FaceRefiner, RefineSettings
+    from marionette.models.stableanimator.iresnet import tiny_iresnet
     from marionette.models.svd.sampler import SamplerSettings, sample
-    from marionette.models.svd.tiny import tiny_animation_model
+    from marionette.models.pipelines.svd_tiny import tiny_animation_model
 
     torch.set_num_threads(1)
     model = tiny_animation_model("stableanimator", seed=0)

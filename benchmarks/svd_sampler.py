@@ -53,13 +53,13 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from marionette.models.svd.configs import tiny_unet_config
-    from marionette.models.svd.pose_net import PoseNet
+    from marionette.models.mimicmotion.pose_net import PoseNet
     from marionette.models.svd.sampler import SamplerSettings, sample
     from marionette.models.svd.unet import build_unet
 
     torch.manual_seed(0)
     config = tiny_unet_config()
-    unet = Recorder(build_unet(config, id_adapter=False))
+    unet = Recorder(build_unet(config))
     pose_net = PoseNet(out_channels=config["block_out_channels"][0])
     size = args.latent
     with torch.no_grad():

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -13,8 +12,10 @@ import comfy.model_patcher
 import folder_paths
 
 from ..models.errors import MarionetteError
-from .host import Progress, check_interrupt, preview_ui, to_image_tensor
-from .model_paths import model_choices, require_model
+from ..models.pipelines.dispose import Correspondence, DisPoseGuidance, MotionField
+from .host import DTYPE_CHOICES, Progress, check_interrupt, preview_ui, resolve_dtype, to_image_tensor
+from .model_paths import diffusers_folders, model_choices, require_model
+from .sockets import SVDControl
 
 CMP_METHOD = "CMP (official, ckpt_iter_42000.pth.tar)"
 FALLBACK_METHOD = "embedded fallback (keypoint interpolation in the person mask, no download)"
@@ -23,32 +24,6 @@ TINY_SD = "tiny random SD1.5 (no download, testing only)"
 OFFICIAL_SD15 = "v1-5-pruned-emaonly.safetensors"
 _CMP: dict[tuple, nn.Module] = {}
 _SD15: dict[tuple, object] = {}
-
-
-@dataclass
-class MotionField:
-    """MOTION_FIELD: DisPose's two fields for the driving frames, [N, 2, H, W] pixel (dx, dy) each."""
-    dense: torch.Tensor
-    sparse: torch.Tensor
-    method: str
-
-
-@dataclass
-class Correspondence:
-    """KEYPOINT_CORRESPONDENCE: the reference keypoints' DIFT features and every frame's target keypoints."""
-    embeddings: torch.Tensor  # [1, 18, C]
-    points: torch.Tensor      # [F, 18, 2] (x / W, y / H); frame 0 = the reference pose
-    visible: torch.Tensor     # [F, 18] bool
-    tiny: bool
-
-
-@dataclass
-class SVDControl:
-    """SVD_CONTROL: what SVD Animate Sampler needs to steer MimicMotion with DisPose."""
-    patcher: object          # ModelPatcher around the ControlNet container
-    motion: MotionField
-    strength: float
-    correspondence: object | None = None  # KEYPOINT_CORRESPONDENCE
 
 
 class DisPoseControlNetModel(nn.Module):
@@ -154,13 +129,12 @@ class DisPoseControlNetLoader:
         return {"required": {
             "controlnet": ([TINY_CONTROLNET] + model_choices("dispose", (CHECKPOINT_NAME,)), {
                 "default": CHECKPOINT_NAME, "tooltip": "DisPose.pth in models/dispose."}),
-            "dtype": (["auto", "fp16", "bf16", "fp32"], {"default": "auto"}),
+            "dtype": (DTYPE_CHOICES, {"default": "auto"}),
         }}
 
     def load(self, controlnet, dtype):
         from ..models.dispose.controlnet import CHECKPOINT_SOURCE, load_dispose_controlnet
-        from .svd import _resolve_dtype
-        torch_dtype = _resolve_dtype(dtype)
+        torch_dtype = resolve_dtype(dtype)
         if controlnet == TINY_CONTROLNET:
             from ..models.dispose.tiny import tiny_dispose_controlnet
             module = tiny_dispose_controlnet().to(torch_dtype)
@@ -195,42 +169,19 @@ class DisPoseControlApply:
         if not isinstance(getattr(controlnet, "model", None), DisPoseControlNetModel):
             raise MarionetteError("The controlnet input is not a DisPose ControlNet.",
                                   "Connect DisPose ControlNet Loader.")
-        return (SVDControl(controlnet, motion_field, float(strength), keypoints),)
-
-
-def frame_inputs(control: SVDControl, frames: int, size: tuple[int, int]) -> dict[str, torch.Tensor]:
-    """The sampler's per-frame inputs for `frames` sampled frames (MimicMotion's anchor + driving frames)."""
-    motion = control.motion
-    if motion.dense.shape[0] != frames - 1:
-        raise MarionetteError(f"The motion field has {motion.dense.shape[0]} frames for {frames - 1} pose frames.",
-                              "Build the motion field from the same aligned poses as the pose images.")
-    if tuple(motion.dense.shape[-2:]) != tuple(size):
-        raise MarionetteError(f"The motion field is {motion.dense.shape[-1]}x{motion.dense.shape[-2]} but the video "
-                              f"is {size[1]}x{size[0]}.", "Build it from the reference at the video size.")
-    zero = torch.zeros_like(motion.dense[:1])
-    inputs = {"dense_flow": torch.cat([zero, motion.dense]), "sparse_flow": torch.cat([zero, motion.sparse])}
-    if control.correspondence is not None:
-        inputs.update(points=control.correspondence.points, visible=control.correspondence.visible)
-        if inputs["points"].shape[0] != frames:
-            raise MarionetteError(f"The keypoint correspondence has {inputs['points'].shape[0] - 1} driving frames "
-                                  f"for {frames - 1} pose frames.", "Build it from the same aligned poses.")
-    return inputs
-
+        container = controlnet.model
+        guidance = DisPoseGuidance(container.controlnet, container.tiny, motion_field, float(strength), keypoints)
+        return (SVDControl(controlnet, guidance),)
 
 
 def _sd15_choices() -> list[str]:
-    folders = [name for name in _diffusers_folders() if "video" not in name.lower()]
+    folders = [name for name in diffusers_folders() if "video" not in name.lower()]
     files = [f for f in folder_paths.get_filename_list("checkpoints") if "svd" not in os.path.basename(f).lower()]
     return [TINY_SD] + folders + [f for f in files if f != OFFICIAL_SD15] + [OFFICIAL_SD15]
 
 
-def _diffusers_folders() -> list[str]:
-    from .svd import _svd_folders
-    return _svd_folders()
-
-
 def _sd15(choice: str, dtype: torch.dtype):
-    from ..models.dispose.sd15 import load_sd15
+    from ..models.sd15.loader import load_sd15
     from ..models.dispose.tiny import tiny_sd15
     if choice == TINY_SD:
         key = (choice, dtype)
@@ -276,12 +227,11 @@ class KeypointCorrespondence:
 
     def build(self, sd15, reference_image, reference_pose, aligned_pose, seed, ensemble):
         from ..models.dispose.dift import body_keypoints, dift_features, prompt_embedding, reference_point_embeddings
-        from .svd import _resolve_dtype
         if reference_image.ndim != 4 or reference_image.shape[0] != 1:
             raise MarionetteError(f"The reference image must be one frame, got shape {tuple(reference_image.shape)}.",
                                   "Connect LoadReference's image.")
         height, width = int(reference_image.shape[1]), int(reference_image.shape[2])
-        parts = _sd15(sd15, _resolve_dtype("auto"))
+        parts = _sd15(sd15, resolve_dtype("auto"))
         device = mm.get_torch_device()
         modules = (parts.unet, parts.vae, parts.text_encoder)
         try:

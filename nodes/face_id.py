@@ -10,8 +10,9 @@ import comfy.model_management as mm
 import folder_paths
 
 from ..models.errors import MarionetteError
-from .model_paths import FOLDERS, model_choices, require_model
-from .svd import FACE_TOKENS_KEY, SOURCES, SVDAnimationModel, load_on_device
+from ..models.pipelines.svd_animation import SVDAnimation
+from .host import FACE_TOKENS_KEY, load_on_device
+from .model_paths import ANIMATION_SOURCES, FOLDERS, model_choices, require_model
 
 TINY_FACE_ENCODER = "tiny random (testing only)"
 OFFICIAL_FACE_ENCODER = ("Animation/face_encoder.pth",)
@@ -22,7 +23,7 @@ _EMBEDDERS: dict[tuple, object] = {}  # loaded antelopev2 packs, reused across r
 def _insightface_root() -> str:
     """The first registered 'insightface' folder that holds the antelopev2 pack (else the default one,
     so the error names where the files should go)."""
-    from ..models.svd.face_id import NEEDED_FILES, pack_folder
+    from ..models.stableanimator.face_id import NEEDED_FILES, pack_folder
     roots = folder_paths.get_folder_paths("insightface")
     for root in roots:
         if all(os.path.isfile(os.path.join(pack_folder(root), f)) for f in NEEDED_FILES):
@@ -31,7 +32,7 @@ def _insightface_root() -> str:
 
 
 def _embedder(root: str):
-    from ..models.svd.face_id import FaceEmbedder, check_pack, default_providers
+    from ..models.stableanimator.face_id import FaceEmbedder, check_pack, default_providers
     folder = check_pack(root)
     key = (folder, tuple(default_providers()), os.path.getmtime(folder))
     if key not in _EMBEDDERS:
@@ -40,15 +41,16 @@ def _embedder(root: str):
     return _EMBEDDERS[key]
 
 
-def _face_encoder(choice: str, net: SVDAnimationModel):
-    from ..models.svd.face_id import load_face_encoder, tiny_face_encoder
+def _face_encoder(choice: str, net: SVDAnimation):
+    from ..models.pipelines.svd_models import load_face_encoder
+    from ..models.stableanimator.face_id import tiny_face_encoder
     token_dim = int(net.unet.config.cross_attention_dim)
     if choice == TINY_FACE_ENCODER:
         if not net.tiny:
             raise MarionetteError("The tiny random face encoder only fits the tiny test model.",
                                   "Pick Animation/face_encoder.pth (StableAnimator's face encoder).")
         return tiny_face_encoder(token_dim)
-    path = require_model("animation", choice, SOURCES["stableanimator"])
+    path = require_model("animation", choice, ANIMATION_SOURCES["stableanimator"])
     encoder = load_face_encoder(path)
     if encoder.cross_attention_dim != token_dim:
         raise MarionetteError(f"{choice} makes {encoder.cross_attention_dim}-wide face tokens but this UNet "
@@ -94,7 +96,7 @@ class IDAdapterApply:
 
     def apply(self, model, reference_image, face_encoder, face_analysis, no_face):
         net = getattr(model, "model", None)
-        if not isinstance(net, SVDAnimationModel):
+        if not isinstance(net, SVDAnimation):
             raise MarionetteError("The model input is not an SVD animation model.",
                                   "Connect the output of SVD Animation Loader.")
         if net.animation != "stableanimator":
@@ -118,7 +120,7 @@ class IDAdapterApply:
     @staticmethod
     def _tokens(patcher, net, choice, embedding, reference) -> torch.Tensor:
         from ..models.svd.conditioning import clip_image_embedding
-        from ..models.svd.face_id import face_tokens
+        from ..models.stableanimator.face_id import face_tokens
         encoder = _face_encoder(choice, net)
         load_on_device(patcher)  # the CLIP image encoder runs on the model's device
         clip = clip_image_embedding(net.image_encoder, reference.float().cpu(), net.clip_mean, net.clip_std)

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 
 from ..models.errors import MarionetteError
+from ..models.pipelines.svd_animation import FaceRefine
 from .host import to_mask_tensor
 from .model_paths import model_choices, require_model
 
@@ -18,19 +18,9 @@ FACE_MODEL_SOURCE = "the 'Animation' folder of Hugging Face 'FrancisRing/StableA
 _MODELS: dict[tuple, torch.nn.Module] = {}
 
 
-@dataclass
-class FaceRefineSpec:
-    """What HJBFaceRefine hands to the sampler (type HJB_FACE_REFINE)."""
-    embedder: torch.nn.Module
-    reference: torch.Tensor      # [D] reference face embedding
-    target_masks: torch.Tensor   # [F, H, W] one face mask per output frame
-    settings: object             # models.svd.face_refine.RefineSettings
-    tiny: bool
-
-
 def _face_model(choice: str) -> torch.nn.Module:
     """The R100, loaded once and outside inference mode (it is differentiated through)."""
-    from ..models.svd.iresnet import load_iresnet100, tiny_iresnet
+    from ..models.stableanimator.iresnet import load_iresnet100, tiny_iresnet
     if choice == TINY_FACE_MODEL:
         key = (choice,)
     else:
@@ -115,7 +105,7 @@ class HJBFaceRefine:
 
     def build(self, face_model, reference_image, reference_face_mask, start_step, end_step, iterations,
               learning_rate, decode_chunk, gradient_checkpointing, target_face_masks=None, target_pose=None):
-        from ..models.svd.face_refine import RefineSettings, face_box, reference_embedding
+        from ..models.stableanimator.hjb import RefineSettings, face_box, reference_embedding
         settings = RefineSettings(start_step=start_step, end_step=end_step, iterations=iterations,
                                   learning_rate=learning_rate, decode_chunk=decode_chunk,
                                   gradient_checkpointing=bool(gradient_checkpointing))
@@ -139,7 +129,7 @@ class HJBFaceRefine:
         if not bool((masks >= 0.5).any()):
             raise MarionetteError("No target frame has a face: the target face masks are empty.",
                                   "Check the driving video shows the face, or skip HJB Face Refine.")
-        spec = FaceRefineSpec(embedder, reference, masks, settings, tiny=face_model == TINY_FACE_MODEL)
+        spec = FaceRefine(embedder, reference, masks, settings, tiny=face_model == TINY_FACE_MODEL)
         faces = int(((masks >= 0.5).flatten(1).any(dim=1)).sum())
         ui = {"marionette_face_refine": [{"frames": int(masks.shape[0]), "frames_with_face": faces,
                                           "reference_box": list(box), "tiny": spec.tiny}]}

@@ -1,6 +1,7 @@
 """The few ComfyUI services our nodes use, in one place: progress, cancel, previews, devices."""
 from __future__ import annotations
 
+import inspect
 import os
 import uuid
 
@@ -11,6 +12,30 @@ import comfy.model_management as mm
 import comfy.utils
 import folder_paths
 from PIL import Image
+
+from ..models.core.dtypes import DTYPES
+
+
+FACE_TOKENS_KEY = "marionette_face_tokens"  # model_options entry of an SVD model clone: StableAnimator's identity
+DTYPE_CHOICES = ["auto", "fp16", "bf16", "fp32"]
+_LOAD_PARAMS = inspect.signature(mm.load_models_gpu).parameters
+
+
+def resolve_dtype(choice: str) -> torch.dtype:
+    """A dtype input's value as a torch dtype; "auto" is ComfyUI's UNet choice (fp32 on the CPU)."""
+    if choice in DTYPES:
+        return DTYPES[choice]
+    if mm.get_torch_device().type == "cpu":
+        return torch.float32
+    dtype = mm.unet_dtype()
+    return dtype if dtype in DTYPES.values() else torch.float16
+
+
+def load_on_device(*patchers) -> None:
+    """Let ComfyUI make room and move the models. Full load: diffusers layers are plain torch layers, which
+    2025 hosts would leave on the CPU without casting in a partial (low-VRAM) load."""
+    kwargs = {"force_full_load": True} if "force_full_load" in _LOAD_PARAMS else {}
+    mm.load_models_gpu(list(patchers), **kwargs)
 
 
 class Progress:

@@ -21,6 +21,23 @@ FOLDERS = {
 }
 
 
+ANIMATION_SOURCES = {
+    "mimicmotion": "Hugging Face 'tencent/MimicMotion' (MimicMotion_1-1.pth), or the fp16 repack "
+                   "MimicMotion-fp16.safetensors from 'Kijai/MimicMotion_pruned'",
+    "stableanimator": "the 'Animation' folder of Hugging Face 'FrancisRing/StableAnimator' "
+                      "(unet.pth with pose_net.pth beside it)",
+}
+
+
+def diffusers_folders() -> list[str]:
+    """Folder names in the 'diffusers' model folders (SVD-xt, SD1.5, ...)."""
+    found = set()
+    for root in folder_paths.get_folder_paths("diffusers"):
+        if os.path.isdir(root):
+            found.update(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    return sorted(found)
+
+
 def _controlnet_aux_dwpose_dirs() -> list[str]:
     """Where comfyui_controlnet_aux users already keep yolox_l.onnx / dw-ll_ucoco_384.onnx."""
     roots = [os.environ.get("AUX_ANNOTATOR_CKPTS_PATH", "")]

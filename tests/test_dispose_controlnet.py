@@ -36,7 +36,7 @@ def test_full_size_controlnet_has_exactly_the_released_keys():
 
 def test_full_size_skip_multiplicity_is_the_official_one():
     with torch.device("meta"):
-        unet = build_unet(svd_xt_unet_config(), id_adapter=False)
+        unet = build_unet(svd_xt_unet_config())
     assert skip_multiplicity(unet) == (4, 4, 4, 4, 3, 3, 3, 2, 2, 2, 1, 1)
 
 
@@ -265,7 +265,7 @@ def official_unet(unet, x, pose, down, mid):
 @torch.no_grad()
 def test_unet_with_residuals_matches_the_official_unet(controlnet):
     torch.manual_seed(4)
-    unet = build_unet(tiny_unet_config(), id_adapter=False)
+    unet = build_unet(tiny_unet_config())
     x, (dense, sparse) = inputs(batch=1), flows()
     pose = torch.randn(FRAMES, 32, H // 8, W // 8)
     residuals = controlnet(**x, dense_flow=dense, sparse_flow=sparse,
@@ -287,7 +287,7 @@ def test_unet_with_residuals_matches_the_official_unet(controlnet):
 
 @torch.no_grad()
 def test_residual_errors(controlnet):
-    unet = build_unet(tiny_unet_config(), id_adapter=False)
+    unet = build_unet(tiny_unet_config())
     x, (dense, sparse) = inputs(batch=1), flows()
     residuals = controlnet(**x)
     with pytest.raises(MarionetteError, match="3 ControlNet skip residuals"):

@@ -23,7 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dispose_dift_fixture import (FEATURE_CHANNELS, TINY_TEXT, released_text_state, single_file_state,  # noqa: E402
                                   tiny_configs, tiny_modules, write_folder)
 
-from marionette.models.dispose import dift, sd15  # noqa: E402
+from marionette.models.dispose import dift  # noqa: E402
+from marionette.models.sd15 import loader as sd15  # noqa: E402
 from marionette.models.errors import MarionetteError  # noqa: E402
 from marionette.models.pose.types import PoseFrame, empty_frame  # noqa: E402
 

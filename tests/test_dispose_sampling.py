@@ -19,7 +19,7 @@ SETTINGS = SamplerSettings.preset("mimicmotion", steps=2, tile_size=4, tile_over
 @pytest.fixture(scope="module")
 def parts():
     torch.manual_seed(0)
-    unet = build_unet(tiny_unet_config(), id_adapter=False).eval()
+    unet = build_unet(tiny_unet_config()).eval()
     config = tiny_dispose_controlnet_config()
     controlnet = DisPoseControlNet(**config).eval()
     with torch.no_grad():  # the released zero convolutions are trained; random ones make the test sensitive

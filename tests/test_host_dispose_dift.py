@@ -46,7 +46,7 @@ def _import_comfy():
 def _unet_kwargs(host, diffusers_unet) -> dict:
     """The UNetModel arguments ComfyUI derives from a diffusers UNet's state dict (it knows the full-size
     families only); for the tiny UNet, SD1.5's with the tiny widths and depths."""
-    from marionette.models.dispose import sd15
+    from marionette.models.sd15 import loader as sd15
     config = host["detection"].unet_config_from_diffusers_unet(diffusers_unet.state_dict())
     if config is not None:
         return config
@@ -65,7 +65,7 @@ def _unet_kwargs(host, diffusers_unet) -> dict:
 
 def single_file_layout() -> dict:
     """key -> shape of an SD1.5 single file as ComfyUI's modules save it (full size, meta device)."""
-    from marionette.models.dispose import sd15
+    from marionette.models.sd15 import loader as sd15
     host = _import_comfy()
     diffusers_unet = sd15._empty_modules(sd15.sd15_configs())["unet"]
     with torch.device("meta"):
@@ -129,7 +129,7 @@ def test_prompt_token_ids_are_the_sd15_tokenizers():
 
 
 def test_fixture_ldm_names_are_comfyuis():
-    from marionette.models.dispose import sd15
+    from marionette.models.sd15 import loader as sd15
     host = _import_comfy()
     tiny = tiny_modules(seed=0)
     full_unet = sd15._empty_modules(sd15.sd15_configs())["unet"]
@@ -148,7 +148,7 @@ def test_fixture_ldm_names_are_comfyuis():
 def test_comfyui_modules_agree_with_the_loaded_modules(tmp_path):
     from safetensors.torch import save_file
 
-    from marionette.models.dispose import sd15
+    from marionette.models.sd15 import loader as sd15
     host = _import_comfy()
     tiny = tiny_modules(seed=5)
     state = single_file_state(tiny)

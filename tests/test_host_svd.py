@@ -114,7 +114,7 @@ def model_dirs(comfy_host, tmp_path):
     from diffusers import EulerDiscreteScheduler
     from transformers import CLIPImageProcessor
 
-    from marionette.models.svd.tiny import tiny_animation_model
+    from marionette.models.pipelines.svd_tiny import tiny_animation_model
     base = tiny_animation_model("mimicmotion")
     svd = tmp_path / "diffusers" / "stable-video-diffusion-img2vid-xt"
     base.vae.save_pretrained(svd / "vae")

@@ -29,7 +29,7 @@ def pack_root(tmp_path_factory):
 def test_insightface_gets_bgr_and_the_encoder_gets_the_raw_embedding(pack_root):
     from insightface.app import FaceAnalysis
 
-    from marionette.models.svd.face_id import FaceEmbedder, face_tokens
+    from marionette.models.stableanimator.face_id import FaceEmbedder, face_tokens
     embedder = FaceEmbedder(pack_root, providers=["CPUExecutionProvider"]).prepare()
     seen = []
     real_get = embedder.app.get
@@ -63,7 +63,7 @@ def test_insightface_gets_bgr_and_the_encoder_gets_the_raw_embedding(pack_root):
 
 def test_missing_pack_names_folder_files_and_source(tmp_path):
     from marionette.models.errors import MarionetteError
-    from marionette.models.svd.face_id import FaceEmbedder
+    from marionette.models.stableanimator.face_id import FaceEmbedder
     with pytest.raises(MarionetteError) as caught:
         FaceEmbedder(str(tmp_path))
     message = str(caught.value)

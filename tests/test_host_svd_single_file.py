@@ -261,7 +261,7 @@ def _diffusers_modules(converted: dict, sgm_norm_eps: bool = False) -> dict:
 
     from marionette.models.svd.unet import build_unet
     configs = _configs()
-    modules = {"unet": build_unet(configs.unet, id_adapter=False),
+    modules = {"unet": build_unet(configs.unet),
                "vae": AutoencoderKLTemporalDecoder.from_config(configs.vae),
                "image_encoder": CLIPVisionModelWithProjection(CLIPVisionConfig(**configs.image_encoder))}
     for part, module in modules.items():
@@ -419,7 +419,7 @@ def test_loader_gives_the_converted_weights(tiny, tmp_path):
         assert all(torch.equal(loaded[k], v) for k, v in converted[part].items()), part
     half = load_svd_single_file(path, dtype=torch.float16, unet_variant="mimicmotion", configs=_configs())
     assert not half.unet_loaded and "unet" not in half.files
-    assert half.unet.conv_in.weight.is_meta  # never read; filled later by load_animation_unet
+    assert half.unet is None  # never read; the paper weights replace it (load_animation_unet)
     for part in ("vae", "image_encoder"):
         loaded = getattr(half, part).state_dict()
         assert all(torch.equal(loaded[k], v.half()) for k, v in converted[part].items()), part
@@ -430,7 +430,7 @@ def test_loader_reads_only_what_the_variant_needs(tiny, tmp_path, monkeypatch):
     from safetensors.torch import save_file
 
     from marionette.models.svd import single_file
-    from marionette.models.svd.checkpoints import SafetensorsTensors
+    from marionette.models.core.checkpoints import SafetensorsTensors
     path = tmp_path / "svd_xt_tiny.safetensors"
     save_file({k: v.float().contiguous() for k, v in tiny["state"].items()}, str(path))
     read = []

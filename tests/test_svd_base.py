@@ -16,12 +16,14 @@ from diffusers.pipelines.stable_video_diffusion.pipeline_stable_video_diffusion 
 from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
 from marionette.models.errors import MarionetteError
-from marionette.models.svd import base as svd_base
-from marionette.models.svd.base import install_animation_weights, load_animation_unet, load_svd_base
+from marionette.models.pipelines.svd_models import install_animation_weights, load_animation_unet
+from marionette.models.pipelines import svd_models
+from marionette.models.svd.base import load_svd_base
 from marionette.models.svd.conditioning import (CLIP_MEAN, CLIP_STD, clip_image_embedding, clip_pixel_values,
                                                 decode_latents, reference_latent)
 from marionette.models.svd.configs import tiny_unet_config
-from marionette.models.svd.pose_net import PoseNet
+from marionette.models.mimicmotion.pose_net import PoseNet
+from marionette.models.stableanimator.unet import build_stableanimator_unet
 from marionette.models.svd.unet import build_unet
 
 TINY_CLIP = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
@@ -133,7 +135,7 @@ def test_missing_unet_weights(folder_copy):
     with pytest.raises(MarionetteError, match="has no unet/diffusion_pytorch_model"):
         load_svd_base(folder_copy, unet_variant="svd")
     base = load_svd_base(folder_copy, unet_variant="mimicmotion")  # the animation UNets replace SVD's
-    assert not base.unet_loaded and base.unet.conv_in.weight.is_meta
+    assert not base.unet_loaded and base.unet is None
 
 
 def test_wrong_weights_are_refused(folder_copy):
@@ -148,7 +150,7 @@ def test_wrong_weights_are_refused(folder_copy):
 def test_install_stableanimator_unet(svd_folder):
     base = load_svd_base(svd_folder, dtype=torch.float32, unet_variant="stableanimator")
     torch.manual_seed(1)
-    source = build_unet(tiny_unet_config(), id_adapter=True)
+    source = build_stableanimator_unet(tiny_unet_config())
     weights = _state(source)
     assert any(".processor.id_to_k." in k for k in weights)
     install_animation_weights(base, weights)
@@ -163,7 +165,7 @@ def test_install_stableanimator_unet(svd_folder):
 def test_install_mimicmotion_unet_and_pose_net(svd_folder):
     base = load_svd_base(svd_folder, dtype=torch.bfloat16, unet_variant="mimicmotion")
     torch.manual_seed(2)
-    unet_weights = _state(build_unet(tiny_unet_config(), id_adapter=False))
+    unet_weights = _state(build_unet(tiny_unet_config()))
     pose_weights = {k: v.half() for k, v in _state(PoseNet(out_channels=32)).items()}  # released: fp16
     install_animation_weights(base, unet_weights, pose_weights)
     assert base.unet.conv_in.weight.dtype == torch.bfloat16 and base.pose_net.scale.dtype == torch.bfloat16
@@ -183,7 +185,7 @@ def test_load_animation_unet_refusals(svd_folder, tmp_path):
     animation = load_svd_base(svd_folder, unet_variant="stableanimator")
     with pytest.raises(MarionetteError, match="does not fit here"):
         load_animation_unet(animation, pose_file)
-    assert svd_base.ANIMATION_FILES["mimicmotion"] == ("mimicmotion", "mimicmotion_unet")
+    assert svd_models.ANIMATION_FILES["mimicmotion"] == ("mimicmotion", "mimicmotion_unet")
 
 
 # ------------------------------------------------------------------------------------- conditioning

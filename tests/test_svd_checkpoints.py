@@ -9,9 +9,10 @@ import torch
 from safetensors.torch import save_file
 
 from marionette.models.errors import MarionetteError
-from marionette.models.svd.checkpoints import (VARIANTS, detect_variant, expected_keys, load_checkpoint,
-                                               load_state_dict_file, split_mimicmotion)
-from marionette.models.svd.pose_net import PoseNet
+from marionette.models.core.checkpoints import load_state_dict_file
+from marionette.models.mimicmotion.pose_net import PoseNet
+from marionette.models.pipelines.svd_checkpoints import (VARIANTS, detect_variant, expected_keys, load_checkpoint,
+                                                         split_mimicmotion)
 
 KEYS = Path(__file__).parent / "data" / "keys"  # copies of shared/reference/keys/*.json
 SHARED_KEYS = Path("/work/shared/reference/keys")

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from marionette.models.errors import MarionetteError
-from marionette.models.svd.face_encoder import FaceEncoder, null_unet_context, unet_context
+from marionette.models.stableanimator.face_encoder import FaceEncoder, null_unet_context, unet_context
 
 KEYS_JSON = Path(__file__).parent / "data" / "keys" / "stableanimator_face_encoder.json"
 SMALL = dict(cross_attention_dim=128, id_embeddings_dim=48, clip_embeddings_dim=96, num_tokens=3,

@@ -7,11 +7,11 @@ import torch
 import torch.nn.functional as F
 
 from marionette.models.errors import MarionetteError
-from marionette.models.svd.face_refine import (FaceRefiner, RefineSettings, crop_faces, face_box, face_boxes,
+from marionette.models.stableanimator.hjb import (FaceRefiner, RefineSettings, crop_faces, face_box, face_boxes,
                                                reference_embedding)
-from marionette.models.svd.iresnet import IResNet, load_iresnet100
+from marionette.models.stableanimator.iresnet import IResNet, load_iresnet100
 from marionette.models.svd.sampler import SamplerSettings, sample
-from marionette.models.svd.tiny import tiny_animation_model
+from marionette.models.pipelines.svd_tiny import tiny_animation_model
 
 TINY_NET = dict(blocks=(1, 2, 1, 1), widths=(8, 8, 16, 16), embedding_size=24)
 H = W = 64  # pixels; latents 8x8

@@ -9,7 +9,7 @@ from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
 from marionette.models.errors import MarionetteError
 from marionette.models.svd.configs import tiny_unet_config
-from marionette.models.svd.id_adapter import (CLIPContextAttnProcessor, IDAdapterAttnProcessor,
+from marionette.models.stableanimator.id_adapter import (CLIPContextAttnProcessor, IDAdapterAttnProcessor,
                                               align_to_reference, id_adapter_processors, install_id_adapter)
 from marionette.models.svd.unet import build_unet
 
@@ -168,7 +168,7 @@ def test_a_context_without_clip_and_face_tokens_is_rejected(context):
 
 def test_install_puts_the_adapter_on_exactly_the_spatial_cross_attentions():
     torch.manual_seed(13)
-    unet = build_unet(tiny_unet_config(), id_adapter=False)
+    unet = build_unet(tiny_unet_config())
     before = unet.state_dict()
     names = install_id_adapter(unet, num_face_tokens=FACE_TOKENS, scale=0.7)
     spatial = [n for n, _ in unet.named_modules() if re.search(r"\.transformer_blocks\.\d+\.attn2$", n)]

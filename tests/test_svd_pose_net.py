@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from marionette.models.errors import MarionetteError
-from marionette.models.svd.pose_net import PoseNet, pose_images_to_input
+from marionette.models.mimicmotion.pose_net import PoseNet, pose_images_to_input
 
 KEYS = Path(__file__).parent / "data" / "keys"  # copies of shared/reference/keys/*.json
 

@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 import torch
 from diffusers import EulerDiscreteScheduler
+from diffusers.utils.torch_utils import randn_tensor
 
 from marionette.models.errors import MarionetteError
 from marionette.models.svd.configs import tiny_unet_config
-from marionette.models.svd.pose_net import PoseNet
-from marionette.models.svd.sampler import SamplerSettings, effective_tile, sample, start_noise
+from marionette.models.mimicmotion.pose_net import PoseNet
+from marionette.models.svd.sampler import SamplerSettings, effective_tile, sample, seeded_generator, start_noise
 from marionette.models.svd.schedule import (edm_scalings, fusion_weights, karras_sigmas, tile_weights,
                                             tile_windows)
 from marionette.models.svd.unet import build_unet
@@ -60,7 +61,10 @@ def official_structure_loop(unet, cond, uncond, ref, pose, settings):
     tile, overlap = effective_tile(frames, settings)
     scheduler = EulerDiscreteScheduler(**SVD_SCHEDULER)
     scheduler.set_timesteps(settings.steps)
-    latents = start_noise(frames, tile, (H, W), settings.seed).unsqueeze(0) * scheduler.init_noise_sigma
+    # the official prepare_latents: one tile drawn with diffusers' randn_tensor, repeated over the frames
+    generator = torch.Generator().manual_seed(settings.seed)
+    latents = randn_tensor((1, tile, 4, H, W), generator=generator, dtype=torch.float32)
+    latents = latents.repeat(1, frames // tile + 1, 1, 1, 1)[:, :frames] * scheduler.init_noise_sigma
     refs = torch.stack([torch.zeros_like(ref), ref]).unsqueeze(1).repeat(1, frames, 1, 1, 1)
     contexts, poses = [uncond, cond], [None, pose]
     ids = torch.tensor([[settings.fps - 1, settings.motion_bucket_id, settings.noise_aug_strength]])
@@ -131,7 +135,7 @@ def test_first_steps_equal_a_hand_derivation():
     sample(FakeUNet(), cond, uncond, ref, pose, settings, on_step=lambda s, n, x0: seen.append(x0.clone()))
     fake, g = FakeUNet(), torch.tensor([1.5, 2.25, 3.0]).view(-1, 1, 1, 1)
     sigma0, sigma1 = 700.0, (700 ** (1 / 7) + (0.002 ** (1 / 7) - 700 ** (1 / 7)) / 3) ** 7
-    x = start_noise(frames, frames, (H, W), 11) * math.sqrt(sigma0 ** 2 + 1)
+    x = torch.randn(frames, 4, H, W, generator=torch.Generator().manual_seed(11)) * math.sqrt(sigma0 ** 2 + 1)
     x0 = hand_x0(fake, x, sigma0, cond, uncond, ref, pose, g)
     torch.testing.assert_close(seen[0], x0, rtol=1e-5, atol=1e-4)
     x = x + (x - x0) / sigma0 * (sigma1 - sigma0)  # Euler
@@ -198,7 +202,7 @@ def test_seeded_runs_reproduce_and_seeds_differ():
     assert torch.equal(first, sample(FakeUNet(), cond, uncond, ref, pose, settings))
     other = sample(FakeUNet(), cond, uncond, ref, pose, SamplerSettings(steps=3, tile_size=4, tile_overlap=1, seed=6))
     assert not torch.allclose(first, other)
-    noise = start_noise(10, 4, (H, W), 5)
+    noise = start_noise(10, 4, (H, W), seeded_generator(5))
     assert torch.equal(noise[:4], noise[4:8]) and torch.equal(noise[:2], noise[8:])  # periodic, as official
 
 
@@ -210,8 +214,8 @@ def test_on_step_reports_progress_and_cancel_propagates():
     out = sample(FakeUNet(), cond, uncond, ref, pose, settings,
                  on_step=lambda s, n, x0: progress.append((s, n, x0.clone())))
     assert [(s, n) for s, n, _ in progress] == [(1, 4), (2, 4), (3, 4), (4, 4)]
-    assert out.shape == (frames - 1, 4, H, W) and progress[-1][2].shape == out.shape
-    torch.testing.assert_close(progress[-1][2], out)  # the last step lands on sigma 0, i.e. on x0
+    assert out.shape == (frames, 4, H, W) and progress[-1][2].shape == (frames - 1, 4, H, W)  # previews: no anchor
+    torch.testing.assert_close(progress[-1][2], out[1:])  # the last step lands on sigma 0, i.e. on x0
 
     class Cancelled(Exception):
         pass
@@ -226,13 +230,21 @@ def test_on_step_reports_progress_and_cancel_propagates():
     assert len(fake.calls) == 2 * 2  # two steps of one window with two passes, then nothing
 
 
-def test_drop_first_frame_returns_the_driving_frames():
+def test_drop_first_frame_keeps_the_anchor_latent_for_decoding():
+    """MimicMotion's anchor is dropped after decoding (as officially), so the sampler returns it."""
     frames = 6
     cond, uncond, ref, pose = inputs(frames)
     kept = sample(FakeUNet(), cond, uncond, ref, pose, SamplerSettings(steps=2, tile_size=4, tile_overlap=2))
-    dropped = sample(FakeUNet(), cond, uncond, ref, pose, SamplerSettings(steps=2, tile_size=4, tile_overlap=2,
-                                                                           drop_first_frame=True))
-    torch.testing.assert_close(dropped, kept[1:])
+    anchored = sample(FakeUNet(), cond, uncond, ref, pose, SamplerSettings(steps=2, tile_size=4, tile_overlap=2,
+                                                                            drop_first_frame=True))
+    torch.testing.assert_close(anchored, kept)
+
+
+def test_start_noise_draws_in_the_model_dtype_from_the_given_generator():
+    """The official prepare_latents draws in the UNet's dtype from the caller's generator."""
+    half = start_noise(3, 3, (H, W), seeded_generator(9), torch.float16)
+    expected = torch.randn(3, 4, H, W, generator=torch.Generator().manual_seed(9), dtype=torch.float16).float()
+    assert half.dtype == torch.float32 and torch.equal(half, expected)
 
 
 @pytest.mark.parametrize("fields,word", [(dict(cfg_min=0.5), "cfg_min"), (dict(cfg_max=0.0), "cfg_max"),
@@ -268,7 +280,7 @@ def test_bad_inputs_raise_clear_errors():
 def test_tiny_real_unet_end_to_end():
     torch.manual_seed(0)
     config = tiny_unet_config()
-    unet = build_unet(config, id_adapter=False)
+    unet = build_unet(config)
     pose_net = PoseNet(out_channels=config["block_out_channels"][0])
     torch.nn.init.normal_(pose_net.final_proj.weight, std=0.02)  # a fresh PoseNet adds zeros
     frames, h, w = 6, 8, 8

@@ -40,7 +40,7 @@ def module_shapes():
     """Key -> shape of our three modules at SVD-xt size (meta device)."""
     configs = svd_xt_configs()
     with torch.device("meta"):
-        modules = {"unet": build_unet(configs.unet, id_adapter=False),
+        modules = {"unet": build_unet(configs.unet),
                    "vae": AutoencoderKLTemporalDecoder.from_config(configs.vae),
                    "image_encoder": CLIPVisionModelWithProjection(CLIPVisionConfig(**configs.image_encoder))}
     return {part: _shapes(module.state_dict()) for part, module in modules.items()}

@@ -9,7 +9,8 @@ from torch import nn
 
 from marionette.models.errors import MarionetteError
 from marionette.models.svd.configs import svd_xt_unet_config, tiny_unet_config
-from marionette.models.svd.id_adapter import id_adapter_processors
+from marionette.models.stableanimator.id_adapter import id_adapter_processors
+from marionette.models.stableanimator.unet import build_stableanimator_unet
 from marionette.models.svd.unet import build_unet
 
 KEYS = Path(__file__).parent / "data" / "keys"
@@ -30,7 +31,7 @@ def released_keys(name: str) -> dict:
 
 def test_full_size_stableanimator_unet_has_exactly_the_released_keys():
     with torch.device("meta"):
-        unet = build_unet(svd_xt_unet_config(), id_adapter=True)
+        unet = build_stableanimator_unet(svd_xt_unet_config())
     expected = released_keys("stableanimator_unet.json")
     assert len(expected) == 1460
     assert layout(unet) == list(expected.items())  # names, shapes and order
@@ -39,7 +40,7 @@ def test_full_size_stableanimator_unet_has_exactly_the_released_keys():
 
 def test_full_size_mimicmotion_unet_has_exactly_the_released_keys():
     with torch.device("meta"):
-        unet = build_unet(svd_xt_unet_config(), id_adapter=False)
+        unet = build_unet(svd_xt_unet_config())
     expected = [(k[len("unet."):], v) for k, v in released_keys("mimicmotion_1-1.json").items()
                 if k.startswith("unet.")]
     assert len(expected) == 1428
@@ -50,13 +51,13 @@ def test_full_size_mimicmotion_unet_has_exactly_the_released_keys():
 @pytest.fixture(scope="module")
 def plain_unet():
     torch.manual_seed(0)
-    return build_unet(tiny_unet_config(), id_adapter=False)
+    return build_unet(tiny_unet_config())
 
 
 @pytest.fixture(scope="module")
 def id_unet():
     torch.manual_seed(1)
-    return build_unet(tiny_unet_config(), id_adapter=True)
+    return build_stableanimator_unet(tiny_unet_config())
 
 
 def conditions(seed: int, tokens: int):
@@ -122,7 +123,7 @@ def set_id_scale(unet, scale):
 
 def test_id_unet_at_scale_zero_equals_the_plain_unet_on_the_clip_token(id_unet):
     """Spatial layers reduce to plain cross-attention and temporal layers see only the CLIP token."""
-    plain = build_unet(tiny_unet_config(), id_adapter=False)
+    plain = build_unet(tiny_unet_config())
     shared = {k: v for k, v in id_unet.state_dict().items() if ".processor." not in k}
     plain.load_state_dict(shared, strict=True)
     inputs = conditions(7, tokens=5)
@@ -158,7 +159,7 @@ def test_id_unet_rejects_a_context_without_face_tokens(id_unet):
 
 def test_meta_build_then_assign_load_reproduces_the_model(id_unet):
     with torch.device("meta"):
-        rebuilt = build_unet(tiny_unet_config(), id_adapter=True)
+        rebuilt = build_stableanimator_unet(tiny_unet_config())
     rebuilt.load_state_dict(id_unet.state_dict(), strict=True, assign=True)
     inputs = conditions(11, tokens=5)
     assert torch.equal(run(rebuilt, inputs, pose_features=pose(12)), run(id_unet, inputs, pose_features=pose(12)))

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import MarionetteError
-from ..svd.checkpoints import load_state_dict_file
+from ..core.checkpoints import load_state_dict_file
 
 CMP_FILE = "ckpt_iter_42000.pth.tar"
 CMP_FOLDER = "ComfyUI/models/dispose"

@@ -26,7 +26,7 @@ from diffusers.models.unets.unet_3d_blocks import UNetMidBlockSpatioTemporal, ge
 from torch import nn
 
 from ..errors import MarionetteError
-from ..svd.checkpoints import load_state_dict_file
+from ..core.checkpoints import load_state_dict_file
 from ..svd.configs import svd_xt_unet_config, tiny_unet_config
 from .flow_encoder import FLOW_CHANNELS, MotionFieldEmbedding
 from .point_adapter import POINT_EMBEDDING_CHANNELS, POINT_HIDDEN_CHANNELS, PointAdapter

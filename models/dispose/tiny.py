@@ -6,8 +6,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..core.seeding import seeded
 from .controlnet import DisPoseControlNet, tiny_dispose_controlnet_config
-from .sd15 import SD15Configs, SD15Parts
+from ..sd15.loader import SD15Configs, SD15Parts
 
 # SD1.5's block layout at toy width: up_blocks[1] is a cross-attention block with an upsampler, 64 channels;
 # GroupNorm with 32 groups as in SD1.5.
@@ -34,8 +35,7 @@ def tiny_modules(seed: int = 0) -> dict[str, nn.Module]:
     """Random tiny UNet2DConditionModel, AutoencoderKL and CLIPTextModel (float32, eval)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
+    with seeded(seed):
         modules = {"unet": UNet2DConditionModel(**TINY_UNET), "vae": AutoencoderKL(**TINY_VAE),
                    "text_encoder": CLIPTextModel(CLIPTextConfig(**TINY_TEXT))}
         with torch.no_grad():  # diffusers zero-initialises nothing we read, but make every weight non-trivial
@@ -55,8 +55,7 @@ def tiny_dispose_controlnet(seed: int = 0) -> DisPoseControlNet:
     """A tiny random ControlNet for the tiny MimicMotion model and the tiny SD1.5 features. Its zero-initialised
     projections get small random weights so that it visibly steers."""
     config = {**tiny_dispose_controlnet_config(), "point_embedding_channels": FEATURE_CHANNELS}
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
+    with seeded(seed):
         model = DisPoseControlNet(**config)
         with torch.no_grad():
             for parameter in model.parameters():

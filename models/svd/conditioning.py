@@ -125,8 +125,8 @@ def reference_latent(vae, images, num_frames: int, noise_aug_strength: float = D
     """The UNet's image conditioning [N, num_frames, C, H/8, W/8]: VAE `mode()` of the noise-augmented
     reference, unscaled, repeated per frame. The reference must already be at the video size.
 
-    The noise is `randn` of the image's shape (float32, from `generator` on the VAE's device), drawn even
-    when the strength is 0 so a shared generator advances as in the official pipelines. `dtype`: output
+    The noise is `randn` of the image's shape (float32, drawn on `generator`'s device), drawn even when the
+    strength is 0 so a shared generator advances as in the official pipelines. `dtype`: output
     dtype (default: the VAE's). The classifier-free-guidance negative is `zeros_like` of this."""
     if int(num_frames) < 1:
         raise MarionetteError(f"num_frames must be at least 1, got {num_frames}.", "Ask for one or more frames.")
@@ -138,7 +138,8 @@ def reference_latent(vae, images, num_frames: int, noise_aug_strength: float = D
             "Resize the reference to the output video size (a multiple of 64 is safest).")
     device = next(vae.parameters()).device
     x = x.to(device) * 2.0 - 1.0
-    noise = torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype)
+    noise_device = generator.device if generator is not None else device  # diffusers' randn_tensor rule
+    noise = torch.randn(x.shape, generator=generator, device=noise_device, dtype=x.dtype).to(device)
     x = x + float(noise_aug_strength) * noise
     out_dtype = dtype or next(vae.parameters()).dtype
     with _encoding_dtype(vae) as working:

@@ -21,8 +21,12 @@ Choices (documented differences from the official code, none of which changes th
 - When the video has fewer frames than a tile, the tile shrinks to the video (one window of all frames,
   like StableAnimator's HJB mode) instead of failing.
 - The latents are integrated in float32 whatever the UNet dtype (diffusers upcasts inside `step` only).
-- Start noise comes from a CPU `torch.Generator` seeded with `seed`, drawn for one tile and repeated
-  periodically over the frames (the official `prepare_latents` + `repeat`), so it is the same on any device.
+- Start noise is drawn for one tile from the caller's `torch.Generator` in the model dtype and repeated
+  periodically over the frames (the official `prepare_latents` + `repeat`). The official scripts draw the
+  reference image's noise augmentation from the same generator first (`conditioning.reference_latent`),
+  so one generator seeded with `seed` on the official device, used in that order, reproduces their noise.
+- All F frames are returned, MimicMotion's anchor frame 0 included: the official pipeline decodes it with
+  the others (the temporal decoder mixes frames within a chunk) and drops its image afterwards.
 """
 from dataclasses import dataclass, fields
 from typing import Callable
@@ -42,7 +46,7 @@ class SamplerSettings:
     hard-coded fps 7 and motion bucket 127). `preset("mimicmotion")` gives MimicMotion 1.1's test.yaml.
 
     `drop_first_frame`: frame 0 is in every window as an anchor. MimicMotion prepends the reference
-    image's own pose as frame 0 and throws that output frame away (set True); StableAnimator's frame 0 is
+    image's own pose as frame 0 and throws that decoded frame away (set True); StableAnimator's frame 0 is
     the first driving pose and is kept (False)."""
     steps: int = 25
     cfg_min: float = 3.0
@@ -126,13 +130,21 @@ class _Plan:
     zero_ref: torch.Tensor | None
 
 
-def start_noise(num_frames: int, tile_size: int, latent_hw: tuple[int, int], seed: int) -> torch.Tensor:
-    """Unit Gaussian noise [F, 4, h, w] (float32, CPU): one tile drawn from a CPU generator seeded with
-    `seed`, repeated periodically over the frames as the official pipelines do."""
-    generator = torch.Generator(device="cpu").manual_seed(seed)
-    tile = torch.randn((tile_size, LATENT_CHANNELS, *latent_hw), generator=generator, dtype=torch.float32)
+def start_noise(num_frames: int, tile_size: int, latent_hw: tuple[int, int], generator: torch.Generator,
+                dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Unit Gaussian noise [F, 4, h, w] (float32, on the generator's device): one tile drawn from
+    `generator` in `dtype` (the official pipelines draw in the UNet's dtype), repeated periodically over
+    the frames as they do."""
+    tile = torch.randn((tile_size, LATENT_CHANNELS, *latent_hw), generator=generator, device=generator.device,
+                       dtype=dtype).float()
     repeats = num_frames // tile_size + 1
     return tile.repeat(repeats, 1, 1, 1)[:num_frames]
+
+
+def seeded_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """The official scripts' generator: `torch.Generator(device).manual_seed(seed)`. Its device decides the
+    noise: the same seed gives other noise on a CUDA generator than on a CPU one."""
+    return torch.Generator(device=device).manual_seed(int(seed))
 
 
 def effective_tile(num_frames: int, settings: SamplerSettings) -> tuple[int, int]:
@@ -145,9 +157,10 @@ def sample(unet: Callable, cond: torch.Tensor, uncond: torch.Tensor | None, ref_
            pose_features: torch.Tensor | None, settings: SamplerSettings, num_frames: int | None = None,
            on_step: Callable[[int, int, torch.Tensor], None] | None = None,
            refine: Callable[[torch.Tensor, int, int], torch.Tensor] | None = None,
-           frame_inputs: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-    """Denoise a video and return its latents [F', 4, h, w] (float32, on `ref_latent`'s device), where
-    F' = F - 1 with `settings.drop_first_frame`, else F.
+           frame_inputs: dict[str, torch.Tensor] | None = None,
+           generator: torch.Generator | None = None) -> torch.Tensor:
+    """Denoise a video and return its latents [F, 4, h, w] (float32, on `ref_latent`'s device, scaled as
+    the UNet sees them), all F frames including MimicMotion's anchor (drop it after decoding).
 
     F is `pose_features.shape[0]`, or `num_frames` when there are no pose features. The UNet runs in the
     dtype of `cond`. `on_step(done, total, x0_preview)` is called after every step with the current
@@ -155,7 +168,9 @@ def sample(unet: Callable, cond: torch.Tensor, uncond: torch.Tensor | None, ref_
     `refine(x0, step, steps)` may replace the guided denoised estimate of all F frames before the Euler
     step (StableAnimator's HJB face optimisation, `face_refine.FaceRefiner`). `frame_inputs` are extra
     per-frame UNet keyword inputs [F, ...] (e.g. DisPose's motion fields), cut to each window like the pose
-    features and given to both CFG passes.
+    features and given to both CFG passes. `generator` draws the start noise (default: a CPU generator
+    seeded with `settings.seed`); pass the one that drew the reference's noise for the official order.
+    The previews (`on_step`) leave the anchor out with `settings.drop_first_frame`.
     """
     frames = _frame_count(pose_features, num_frames)
     for name, value in (frame_inputs or {}).items():
@@ -169,8 +184,10 @@ def sample(unet: Callable, cond: torch.Tensor, uncond: torch.Tensor | None, ref_
     device, dtype = ref_latent.device, cond.dtype
     with torch.no_grad():
         plan = _plan(frames, ref_latent, settings, device, dtype)
-        x = start_noise(frames, effective_tile(frames, settings)[0], tuple(ref_latent.shape[-2:]),
-                        settings.seed).to(device) * init_noise_scale(plan.sigmas[0])
+        generator = generator if generator is not None else seeded_generator(settings.seed)
+        noise = start_noise(frames, effective_tile(frames, settings)[0], tuple(ref_latent.shape[-2:]), generator,
+                            dtype)
+        x = noise.to(device) * init_noise_scale(plan.sigmas[0])
         keep = 1 if settings.drop_first_frame else 0
         total = settings.steps
         for step in range(total):
@@ -181,7 +198,7 @@ def sample(unet: Callable, cond: torch.Tensor, uncond: torch.Tensor | None, ref_
             x = euler_step(x, x0, sigma, sigma_next)
             if on_step is not None:
                 on_step(step + 1, total, x0[keep:])
-    return x[keep:]
+    return x
 
 
 def _frame_count(pose_features, num_frames) -> int:

@@ -23,9 +23,11 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from ..core.checkpoints import DictTensors, open_checkpoint
+from ..core.dtypes import check_dtype
+from ..core.modules import strict_fill
 from ..errors import MarionetteError
-from .base import UNET_VARIANTS, SVDBase, _check_dtype, _finish, _materialise_buffers
-from .checkpoints import DictTensors, open_checkpoint
+from .base import UNET_VARIANTS, SVDBase
 from .conditioning import CLIP_MEAN, CLIP_STD
 from .single_file_keys import (SVD_XT_SCHEDULER_CONFIG, UNET, Layout, Rule, SingleFileConfigs, conversion_rules,
                                detect_layout, svd_xt_configs, unused_keys)
@@ -158,24 +160,17 @@ def convert_svd_single_file(state_dict: Mapping[str, torch.Tensor]) -> dict[str,
 
 # ------------------------------------------------------------------------------------------- loading
 def _fill(module: nn.Module, tensors: dict[str, torch.Tensor], part: str, name: str, dtype) -> nn.Module:
-    try:
-        module.load_state_dict(tensors, strict=True, assign=True)
-    except RuntimeError as error:
-        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-        raise MarionetteError(f"{name} does not fit the {LABELS[part]}: {' '.join(lines[:4])[:600]}",
-                              f"It is not an SVD-xt img2vid checkpoint. {FIX}") from error
-    _materialise_buffers(module, LABELS[part])
-    return _finish(module, dtype)
+    return strict_fill(module, tensors, LABELS[part], name, f"It is not an SVD-xt img2vid checkpoint. {FIX}", dtype)
 
 
-def _empty_modules(configs: SingleFileConfigs, unet_variant: str) -> dict[str, nn.Module]:
-    """The three modules on the meta device (no memory, no random init)."""
+def _empty_modules(configs: SingleFileConfigs, unet_variant: str) -> dict[str, nn.Module | None]:
+    """The modules on the meta device (no memory, no random init); no UNet for the animation variants."""
     from diffusers import AutoencoderKLTemporalDecoder
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
     with torch.device("meta"):
         return {"vae": AutoencoderKLTemporalDecoder.from_config(dict(configs.vae)),
                 "image_encoder": CLIPVisionModelWithProjection(CLIPVisionConfig(**configs.image_encoder)),
-                "unet": build_unet(configs.unet, id_adapter=unet_variant == "stableanimator")}
+                "unet": build_unet(configs.unet) if unet_variant == "svd" else None}
 
 
 def load_svd_single_file(path: str | os.PathLike, dtype: torch.dtype = torch.float16, unet_variant: str = "svd",
@@ -183,10 +178,10 @@ def load_svd_single_file(path: str | os.PathLike, dtype: torch.dtype = torch.flo
     """Load SVD's VAE, CLIP image encoder and (for `unet_variant="svd"`) UNet from a single-file checkpoint.
 
     Same result as `load_svd_base` on the diffusers folder, with `folder` set to the file path. For
-    "stableanimator" / "mimicmotion" the UNet stays empty (meta) for `load_animation_unet`, and the file's
+    "stableanimator" / "mimicmotion" the UNet is left out (None) for the paper's weights, and the file's
     UNet is never read. `configs` defaults to SVD-xt's (shipped in code); tests pass tiny ones."""
     path = os.fspath(path)
-    dtype = _check_dtype(dtype)
+    dtype = check_dtype(dtype, "SVD models")
     if unet_variant not in UNET_VARIANTS:
         raise MarionetteError(f"Unknown UNet variant '{unet_variant}'.", f"Use one of: {', '.join(UNET_VARIANTS)}.")
     configs = configs or svd_xt_configs()
@@ -202,7 +197,7 @@ def load_svd_single_file(path: str | os.PathLike, dtype: torch.dtype = torch.flo
     files = {part: path for part in parts}
     if plan.layout.decoder == "image":
         files["vae_decoder"] = "frame-wise image decoder (neutral temporal layers: every frame decoded alone)"
-    unet: PoseSVDUNet = modules["unet"]
+    unet: PoseSVDUNet | None = modules["unet"]
     return SVDBase(
         unet=unet, vae=modules["vae"], image_encoder=modules["image_encoder"],
         vae_scaling_factor=float(configs.vae.get("scaling_factor", 0.18215)), dtype=dtype,

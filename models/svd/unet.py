@@ -5,7 +5,8 @@ Both official UNets are copies of the diffusers class whose only change is an ex
 PoseNet features [B*F, 320, h, w] are added to the output of `conv_in`, before it becomes the first skip
 connection. Here that is a forward hook on `conv_in` that lives for one call. Key names are diffusers'
 own, so the released files load strictly: MimicMotion's `unet.*` part (prefix stripped) into
-`build_unet(cfg, id_adapter=False)`, StableAnimator's `unet.pth` into `build_unet(cfg, id_adapter=True)`.
+`build_unet(cfg)`, StableAnimator's `unet.pth` into `stableanimator.unet.build_stableanimator_unet(cfg)`
+(the same UNet with the ID adapter's processors).
 """
 from functools import partial
 
@@ -14,7 +15,6 @@ from diffusers import UNetSpatioTemporalConditionModel
 from diffusers.models.attention_processor import AttnProcessor2_0
 
 from ..errors import MarionetteError
-from .id_adapter import NUM_FACE_TOKENS, install_id_adapter
 
 
 def _add_pose_residual(pose_features: torch.Tensor, module, args, output: torch.Tensor) -> torch.Tensor:
@@ -48,16 +48,10 @@ class PoseSVDUNet(UNetSpatioTemporalConditionModel):
             handle.remove()
 
 
-def build_unet(config: dict, id_adapter: bool, num_face_tokens: int = NUM_FACE_TOKENS) -> PoseSVDUNet:
-    """Build the UNet (randomly initialised, in eval mode) with SDPA attention everywhere.
-
-    `id_adapter=True` gives StableAnimator's UNet (the state dict gains 2 `processor.id_to_{k,v}.weight` per
-    spatial cross-attention; the context must be CLIP token + `num_face_tokens` face tokens);
-    `id_adapter=False` gives MimicMotion's. Build under `torch.device("meta")` to skip the random
-    initialisation before a checkpoint load (then `load_state_dict(..., assign=True)`).
-    """
+def build_unet(config: dict) -> PoseSVDUNet:
+    """Build the UNet (randomly initialised, in eval mode) with SDPA attention everywhere. Build under
+    `torch.device("meta")` to skip the random initialisation before a checkpoint load (then
+    `load_state_dict(..., assign=True)`)."""
     unet = PoseSVDUNet.from_config(dict(config))
     unet.set_attn_processor(AttnProcessor2_0())
-    if id_adapter:
-        install_id_adapter(unet, num_face_tokens=num_face_tokens)
     return unet.eval()

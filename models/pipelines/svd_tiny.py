@@ -10,12 +10,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..core.modules import finish
+from ..core.seeding import seeded
 from ..errors import MarionetteError
-from .base import SVDBase
-from .conditioning import CLIP_MEAN, CLIP_STD
-from .configs import tiny_unet_config
-from .pose_net import PoseNet
-from .unet import build_unet
+from ..mimicmotion.pose_net import PoseNet
+from ..svd.base import SVDBase
+from ..svd.conditioning import CLIP_MEAN, CLIP_STD
+from ..svd.configs import tiny_unet_config
+from .svd_models import build_animation_unet
 
 TINY_VARIANTS = ("mimicmotion", "stableanimator")
 # Four VAE levels: three 2x downsamplings, the 8x of SVD's VAE, so pose images line up with the latent
@@ -46,21 +48,13 @@ def tiny_animation_model(variant: str = "mimicmotion", seed: int = 0,
     if variant not in TINY_VARIANTS:
         raise MarionetteError(f"Unknown animation model '{variant}'.", f"Use one of: {', '.join(TINY_VARIANTS)}.")
     config = tiny_unet_config()
-    generator_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
-        unet = build_unet(config, id_adapter=variant == "stableanimator")
+    with seeded(seed):
+        unet = build_animation_unet(config, variant)
         vae = AutoencoderKLTemporalDecoder(**TINY_VAE, scaling_factor=SVD_SCALING_FACTOR)
         clip = CLIPVisionModelWithProjection(CLIPVisionConfig(**TINY_CLIP,
                                                               projection_dim=config["cross_attention_dim"]))
         pose_net = _random_pose_net(config["block_out_channels"][0])
-    finally:
-        torch.random.set_rng_state(generator_state)  # leave the caller's global random stream untouched
-
-    def finish(module: nn.Module) -> nn.Module:
-        return nn.Module.to(module, dtype=dtype).eval().requires_grad_(False)
-
-    return SVDBase(unet=finish(unet), vae=finish(vae), image_encoder=finish(clip),
+    return SVDBase(unet=finish(unet, dtype), vae=finish(vae, dtype), image_encoder=finish(clip, dtype),
                    vae_scaling_factor=SVD_SCALING_FACTOR, dtype=dtype, unet_variant=variant, unet_config=config,
                    clip_mean=CLIP_MEAN, clip_std=CLIP_STD, scheduler_config={}, folder="(tiny random model)",
-                   unet_loaded=True, pose_net=finish(pose_net), files={})
+                   unet_loaded=True, pose_net=finish(pose_net, dtype), files={})

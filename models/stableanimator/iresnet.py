@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from ..errors import MarionetteError
-from .checkpoints import load_state_dict_file
+from ..core.checkpoints import load_state_dict_file
+from ..core.seeding import seeded
 
 FACE_SIZE = 112  # input side; four stride-2 stages leave 7x7
 R100_BLOCKS = (3, 13, 30, 3)
@@ -96,10 +97,6 @@ def load_iresnet100(path: str | os.PathLike, dtype: torch.dtype = torch.float32)
 
 def tiny_iresnet(seed: int = 0) -> IResNet:
     """A small random IResNet (no download) for tests and the demo; its embeddings mean nothing."""
-    state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
+    with seeded(seed):
         model = IResNet(blocks=(1, 1, 1, 1), widths=(8, 8, 16, 16), embedding_size=32)
-    finally:
-        torch.random.set_rng_state(state)
     return model.eval().requires_grad_(False)

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import MarionetteError
-from .conditioning import decode_latents
+from ..svd.conditioning import decode_latents
 from .iresnet import FACE_SIZE
 
 Box = tuple[int, int, int, int]  # (y_min, y_max, x_min, x_max), inclusive pixel bounds

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..errors import MarionetteError
+from ..core.seeding import seeded
 from .face_encoder import ID_EMBED_DIM, NUM_FACE_TOKENS, FaceEncoder
 
 PACK = "antelopev2"
@@ -118,27 +119,13 @@ class FaceEmbedder:
 
 
 # --------------------------------------------------------------------------------------- encoder
-def load_face_encoder(path: str, dtype: torch.dtype = torch.float32) -> FaceEncoder:
-    """The released `Animation/face_encoder.pth`, loaded strictly into the official-size FaceEncoder."""
-    from .checkpoints import load_checkpoint
-    _, state_dict = load_checkpoint(path, allowed=("stableanimator_face_encoder",))
-    with torch.device("meta"):
-        encoder = FaceEncoder()
-    encoder.load_state_dict(state_dict, strict=True, assign=True)
-    return nn.Module.to(encoder, dtype=dtype).eval().requires_grad_(False)
-
-
 def tiny_face_encoder(token_dim: int, seed: int = 0, dtype: torch.dtype = torch.float32) -> FaceEncoder:
     """A random FaceEncoder for the tiny model (its tokens are `token_dim` wide). Unlike the official
     init, the output projection is random too, so the tokens depend on the face embedding."""
-    state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
+    with seeded(seed):
         encoder = FaceEncoder(cross_attention_dim=token_dim, clip_embeddings_dim=token_dim,
                               dim_head=TINY_DIM_HEAD)
         nn.init.normal_(encoder.fusion_model.proj_out.weight, std=0.2)
-    finally:
-        torch.random.set_rng_state(state)
     return nn.Module.to(encoder, dtype=dtype).eval().requires_grad_(False)
 
 

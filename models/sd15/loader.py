@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import logging
 import os
 from collections.abc import Iterable, Mapping
@@ -23,11 +22,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..core.checkpoints import load_state_dict_file, open_checkpoint
+from ..core.configs import read_json, without_meta
+from ..core.dtypes import check_dtype
+from ..core.modules import strict_fill
 from ..errors import MarionetteError
-from ..svd.base import _finish, _materialise_buffers
-from ..svd.checkpoints import load_state_dict_file, open_checkpoint
 
-DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 HF_REPO = "stable-diffusion-v1-5/stable-diffusion-v1-5"  # formerly runwayml/stable-diffusion-v1-5
 FOLDER_LAYOUT = ("<folder>/unet/{config.json, diffusion_pytorch_model.fp16.safetensors}, "
                  "<folder>/vae/{config.json, diffusion_pytorch_model.fp16.safetensors}, "
@@ -114,27 +114,15 @@ class SD15Parts:
 
 
 # ------------------------------------------------------------------------------------------- modules
-def _check_dtype(dtype) -> torch.dtype:
-    if dtype not in DTYPES:
-        raise MarionetteError(f"Unsupported dtype {dtype} for the SD1.5 models.",
-                              "Use torch.float16, torch.bfloat16 or torch.float32.")
-    return dtype
-
-
 def _empty_modules(configs: SD15Configs) -> dict[str, nn.Module]:
     """The three modules on the meta device: no memory, no random init."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
-    text_config = CLIPTextConfig(**{k: v for k, v in configs.text_encoder.items() if not k.startswith("_")})
+    text_config = CLIPTextConfig(**without_meta(configs.text_encoder))
     with torch.device("meta"):
-        return {"unet": UNet2DConditionModel.from_config(_without_meta(configs.unet)),
-                "vae": AutoencoderKL.from_config(_without_meta(configs.vae)),
+        return {"unet": UNet2DConditionModel.from_config(without_meta(configs.unet)),
+                "vae": AutoencoderKL.from_config(without_meta(configs.vae)),
                 "text_encoder": CLIPTextModel(text_config)}
-
-
-def _without_meta(config: Mapping) -> dict:
-    """A config without its bookkeeping entries (`_class_name`, `_diffusers_version`, `_name_or_path`, ...)."""
-    return {k: v for k, v in config.items() if not k.startswith("_")}
 
 
 def text_keys_for(module: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -153,14 +141,7 @@ def text_keys_for(module: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> 
 
 def _fill(module: nn.Module, tensors: Mapping[str, torch.Tensor], part: str, source: str, dtype: torch.dtype,
           fix: str) -> nn.Module:
-    try:
-        module.load_state_dict(dict(tensors), strict=True, assign=True)
-    except RuntimeError as error:
-        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-        raise MarionetteError(f"{source} does not fit the {LABELS[part]}: {' '.join(lines[:4])[:600]}",
-                              f"It is not a Stable Diffusion 1.5 model. {fix}") from error
-    _materialise_buffers(module, LABELS[part])
-    return _finish(module, dtype)
+    return strict_fill(module, tensors, LABELS[part], source, f"It is not a Stable Diffusion 1.5 model. {fix}", dtype)
 
 
 def check_sd15_structure(unet_config: Mapping, text_config: Mapping, source: str, fix: str) -> None:
@@ -179,19 +160,8 @@ def _plain(value):
 
 # -------------------------------------------------------------------------------------- diffusers folder
 def _read_json(folder: str, relative: str) -> dict:
-    path = os.path.join(folder, relative)
-    if not os.path.isfile(path):
-        raise MarionetteError(f"The SD1.5 folder {folder} has no {relative}. Expected layout: {FOLDER_LAYOUT}.",
-                              FOLDER_FIX)
-    try:
-        with open(path, encoding="utf-8") as handle:
-            content = json.load(handle)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise MarionetteError(f"{path} is not readable JSON ({error}).", f"Download the file again. {FOLDER_FIX}") \
-            from error
-    if not isinstance(content, dict):
-        raise MarionetteError(f"{path} does not hold a JSON object.", f"Download the file again. {FOLDER_FIX}")
-    return content
+    return read_json(os.path.join(folder, relative),
+                     f"The SD1.5 folder {folder} has no {relative}. Expected layout: {FOLDER_LAYOUT}.", FOLDER_FIX)
 
 
 def _weights_file(folder: str, part: str, stems: tuple[str, str], dtype: torch.dtype) -> str:
@@ -214,7 +184,7 @@ def load_sd15_folder(folder: str | os.PathLike, dtype: torch.dtype = torch.float
     """SD1.5's UNet, VAE and CLIP text encoder from a diffusers folder (offline, strict). The configs come
     from the folder; `require_sd15=False` lets other (tiny test) configs through."""
     folder = os.fspath(folder)
-    dtype = _check_dtype(dtype)
+    dtype = check_dtype(dtype, "SD1.5 models")
     if not os.path.isdir(folder):
         raise MarionetteError(f"The SD1.5 folder {folder} does not exist. Expected layout: {FOLDER_LAYOUT}.",
                               FOLDER_FIX)
@@ -340,12 +310,12 @@ def _convert_part(part: str, plan: SingleFilePlan, read, configs: SD15Configs, d
     if part == "unet":
         names = plan.unet + (plan.ema if plan.uses_ema else [])
         with _quiet_converters():
-            converted = convert_ldm_unet_checkpoint(_LazyTensors(read, names, dtype), _without_meta(configs.unet),
+            converted = convert_ldm_unet_checkpoint(_LazyTensors(read, names, dtype), without_meta(configs.unet),
                                                     extract_ema=plan.uses_ema)
         expected = len(plan.unet)
     elif part == "vae":
         with _quiet_converters():
-            converted = convert_ldm_vae_checkpoint(_LazyTensors(read, plan.vae, dtype), _without_meta(configs.vae))
+            converted = convert_ldm_vae_checkpoint(_LazyTensors(read, plan.vae, dtype), without_meta(configs.vae))
         expected = len(plan.vae)
     else:
         tensors = _LazyTensors(read, plan.clip, dtype)
@@ -380,7 +350,7 @@ def load_sd15_single_file(path: str | os.PathLike, dtype: torch.dtype = torch.fl
     """SD1.5's UNet, VAE and CLIP text encoder from a single-file checkpoint (LDM naming), offline and strict.
     `configs` defaults to SD1.5's (shipped in code); tests pass tiny ones."""
     path = os.fspath(path)
-    dtype = _check_dtype(dtype)
+    dtype = check_dtype(dtype, "SD1.5 models")
     configs = configs or sd15_configs()
     name = os.path.basename(path)
     with open_checkpoint(path) as source:

@@ -1,0 +1,1 @@
+"""What every model package shares: checkpoint reading, strict state-dict filling, dtypes, configs, seeding."""
