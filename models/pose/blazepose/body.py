@@ -9,7 +9,13 @@ pose_landmark_by_roi_cpu, pose_landmarks_to_roi, tensors_to_pose_landmarks_and_s
   presence) in crop pixels, visibility/presence are logits; the pose flag is already a
   probability (gate at 0.5); landmarks 33 and 34 are the auxiliary alignment points from
   which the next frame's ROI is built (same alignment rule as the detector's keypoints 0, 1);
-- x, y are refined by a score-weighted mean over a 7×7 window of the 64² heatmaps.
+- x, y are refined by a score-weighted mean over a 7×7 window of the 64² heatmaps;
+- world landmarks: 39 × (x, y, z) metres around the hip centre, in the ROI's axes (MediaPipe turns
+  their x, y by the ROI rotation, as for the image landmarks).
+Two additions, both measured on COCO people (tests/test_realdata_pose.py): a person the detector
+just found gets a second landmark pass on the ROI built from the first pass's own alignment points
+(the detector's ROI is coarse; tracking does the same from the previous frame), and the model may
+also see the mirrored crop, whose left/right-swapped landmarks are averaged with the direct ones.
 """
 from __future__ import annotations
 
@@ -19,6 +25,7 @@ import numpy as np
 
 from ...vision import ssd
 from . import roi as R
+from .layout import BLAZEPOSE_33
 from .runner import load_model
 
 DETECTOR_SIZE = 224
@@ -29,6 +36,15 @@ PRESENCE_THRESHOLD = 0.5
 HEATMAP_KERNEL = 7
 HEATMAP_MIN_CONFIDENCE = 0.5
 MIN_SEARCH_WINDOW = 96  # pixels; people found in smaller windows are too small to get landmarks
+
+
+def _mirror_index(name: str) -> int:
+    swapped = name.replace("left", "#").replace("right", "left").replace("#", "right")
+    return BLAZEPOSE_33.index(swapped)
+
+
+# landmark i of the mirrored crop is landmark MIRROR[i] of the person; the two alignment points are on the midline
+MIRROR = tuple(_mirror_index(n) for n in BLAZEPOSE_33) + (33, 34, 35, 36, 37, 38)
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -43,6 +59,7 @@ class BodyResult:
     flag: float             # person present in the ROI
     rect: R.Rect            # the ROI the landmarks came from
     next_rect: R.Rect       # ROI for the next frame (from the auxiliary landmarks)
+    world: np.ndarray | None = None  # [33, 3] metres around the hip centre, x right, y down, z away
 
 
 def search_windows(height: int, width: int, side: float) -> list[R.Rect]:
@@ -122,34 +139,53 @@ def refine_from_heatmap(xy: np.ndarray, heatmap: np.ndarray, kernel: int = HEATM
 
 
 class PoseLandmarker:
-    """Runs pose_landmark_full on one ROI of a frame."""
+    """Runs pose_landmark_full on one ROI of a frame (optionally also on its mirror image)."""
 
-    def __init__(self, path: str, num_threads: int | None = None, refine: bool = True):
+    def __init__(self, path: str, num_threads: int | None = None, refine: bool = True, flip: bool = False):
         self.model = load_model(path, LANDMARK_SIZE, 5, num_threads)
-        self.refine = refine
+        self.refine, self.flip = refine, flip
 
-    def __call__(self, image: np.ndarray, rect: R.Rect) -> BodyResult:
-        outputs = self.model(R.crop(image, rect, LANDMARK_SIZE))
+    def _run(self, tensor: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, np.ndarray]:
+        """Crop tensor → (xy [39, 2] crop px, visibility [39], presence [39], flag, world [39, 3])."""
+        outputs = self.model(tensor)
         raw = outputs[0].reshape(-1, 5)
-        flag = float(np.asarray(outputs[1]).reshape(-1)[0])
         xy = raw[:, :2].astype(np.float64)
         if self.refine:
             xy = refine_from_heatmap(xy, outputs[3][0])
+        return (xy, sigmoid(raw[:, 3]), sigmoid(raw[:, 4]), float(np.asarray(outputs[1]).reshape(-1)[0]),
+                np.asarray(outputs[4], np.float64).reshape(-1, 3))
+
+    def _run_mirrored(self, tensor: np.ndarray):
+        xy, vis, pres, flag, world = self._run(np.ascontiguousarray(tensor[:, :, ::-1]))
+        xy[:, 0] = LANDMARK_SIZE - xy[:, 0]
+        world[:, 0] = -world[:, 0]
+        order = list(MIRROR)
+        return xy[order], vis[order], pres[order], flag, world[order]
+
+    def __call__(self, image: np.ndarray, rect: R.Rect, flip: bool | None = None) -> BodyResult:
+        tensor = R.crop(image, rect, LANDMARK_SIZE)
+        xy, vis, pres, flag, world = self._run(tensor)
+        if self.flip if flip is None else flip:
+            mirrored = self._run_mirrored(tensor)
+            xy, vis, pres, flag, world = ((a + b) / 2 for a, b in zip((xy, vis, pres, flag, world), mirrored))
         pts = R.project_to_frame(xy, rect, LANDMARK_SIZE)
-        return BodyResult(landmarks=pts[:NUM_LANDMARKS], visibility=sigmoid(raw[:NUM_LANDMARKS, 3]),
-                          presence=sigmoid(raw[:NUM_LANDMARKS, 4]), flag=flag, rect=rect,
-                          next_rect=alignment_roi(pts[NUM_LANDMARKS], pts[NUM_LANDMARKS + 1]))
+        c, s = np.cos(rect.angle), np.sin(rect.angle)
+        world = world[:NUM_LANDMARKS] @ np.array([[c, s, 0.0], [-s, c, 0.0], [0.0, 0.0, 1.0]])
+        return BodyResult(landmarks=pts[:NUM_LANDMARKS], visibility=vis[:NUM_LANDMARKS],
+                          presence=pres[:NUM_LANDMARKS], flag=float(flag), rect=rect,
+                          next_rect=alignment_roi(pts[NUM_LANDMARKS], pts[NUM_LANDMARKS + 1]), world=world)
 
 
 class BodyTracker:
     """Detector + landmarks with MediaPipe's video-mode ROI reuse.
 
     With tracking, the ROI comes from the previous frame's auxiliary landmarks; when the
-    landmark model then reports no person, the detector runs on the same frame instead.
+    landmark model then reports no person, the detector runs on the same frame instead. A person
+    the detector found gets a second landmark pass on the ROI of the first pass (`refine_roi`).
     """
 
-    def __init__(self, detector: PoseDetector, landmarker: PoseLandmarker):
-        self.detector, self.landmarker = detector, landmarker
+    def __init__(self, detector: PoseDetector, landmarker: PoseLandmarker, refine_roi: bool = True):
+        self.detector, self.landmarker, self.refine_roi = detector, landmarker, refine_roi
         self.previous: R.Rect | None = None
 
     def reset(self) -> None:
@@ -165,8 +201,11 @@ class BodyTracker:
         found = self.detector(image)
         if not found:
             return None
-        result = self.landmarker(image, found[0][1])
+        result = self.landmarker(image, found[0][1], flip=False if self.refine_roi else None)
         if result.flag < PRESENCE_THRESHOLD:
             return None
+        if self.refine_roi:
+            second = self.landmarker(image, result.next_rect)
+            result = second if second.flag >= PRESENCE_THRESHOLD else result
         self.previous = result.next_rect if track else None
         return result

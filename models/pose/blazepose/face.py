@@ -26,6 +26,8 @@ LANDMARK_SIZE = 192
 NUM_LANDMARKS = 468
 PRESENCE_THRESHOLD = 0.5
 TRACK_ROTATION_DEG, TRACK_TRANSLATION, TRACK_SCALE, TRACK_MARGIN = 15.0, 0.1, 0.3, -0.2
+# the pose ROI can be too tight for a small or turned face (COCO-WholeBody faces of 30 px): a looser one is tried next
+RETRY_SCALE = 1.5
 
 # BlazePose-33 face points standing in for the face detector's keypoints.
 POSE_NOSE, POSE_LEFT_EYE, POSE_RIGHT_EYE, POSE_LEFT_EAR, POSE_RIGHT_EAR = 0, 2, 5, 7, 8
@@ -114,7 +116,9 @@ class FaceLandmarker:
                 result = self.mesh(image, tracked)
         if result is None or result.presence < PRESENCE_THRESHOLD:
             first = self.mesh(image, from_pose)
-            # the pose ROI is loose; one pass on the mesh's own ROI centres and scales the face
+            if first.presence < PRESENCE_THRESHOLD:
+                first = self.mesh(image, R.transform_rect(from_pose, RETRY_SCALE))
+            # one pass on the mesh's own ROI centres and scales the face
             result = self.mesh(image, rect_from_mesh(first.mesh)) if first.presence >= PRESENCE_THRESHOLD else first
         found = result.presence >= PRESENCE_THRESHOLD
         self.previous = result.mesh if (track and found) else None
