@@ -10,8 +10,8 @@ from PIL import Image, ImageOps
 import folder_paths
 
 from ..models.errors import MarionetteError
-from ..models.reference import FIT_MODES, PRESET_NAMES, fit_reference, person_box
-from ..models.vision.face_detect import FaceDetector, face_box_and_mask
+from ..models.reference import FIT_MODES, PRESET_NAMES, prepare_reference
+from ..models.vision.face_detect import FaceDetector
 from ..models.vision.image import to_rgb_uint8
 from ..models.vision.segmentation import PersonSegmenter
 from .host import check_interrupt, to_image_tensor, to_mask_tensor
@@ -26,6 +26,17 @@ def _model(cls, filename):
     if filename not in _models:
         _models[filename] = cls(os.path.join(mediapipe_dir((filename,)), filename))
     return _models[filename]
+
+
+def _body_keypoints(picture: np.ndarray):
+    """OpenPose-18 body [18, 3] of the photo's most confident person (embedded BlazePose), or None."""
+    from ..models.pose.blazepose import BlazePoseEstimator, required_files
+    if "body" not in _models:
+        files = required_files(hands=False, face=False)
+        _models["body"] = BlazePoseEstimator(mediapipe_dir(files), hands=False, face=False)
+    _models["body"].reset()
+    frame = _models["body"].frame(picture, track=False)
+    return frame.body[0] if frame.num_people else None
 
 
 def input_images() -> list[str]:
@@ -50,7 +61,9 @@ def read_image_file(name: str) -> np.ndarray:
 class LoadReference:
     DESCRIPTION = ("Loads the reference photo of the person (upload, or the optional IMAGE input), fits it to a "
                    "model-friendly size (multiples of 64) and finds the person mask and the face box with the "
-                   "embedded MediaPipe models.")
+                   "embedded MediaPipe models (the face is chosen by confidence and by the body's head "
+                   "keypoints, on the original photo, so every size and fit gives the same face). The status "
+                   "names any keypoints, hands, feet or head top that the fit cuts off.")
     CATEGORY = "Marionette/Reference"
     FUNCTION = "load"
     RETURN_TYPES = ("IMAGE", "MASK", "MASK", "BBOX")
@@ -68,7 +81,8 @@ class LoadReference:
                          "576x1024 is the MimicMotion/StableAnimator portrait size; auto picks portrait or "
                          "landscape from the photo; custom uses width and height."}),
                 "fit": (list(FIT_MODES), {"default": "crop", "tooltip":
-                        "crop: cover and centre-crop (MimicMotion); crop person: centre on the person; "
+                        "crop: cover and centre-crop (MimicMotion); crop person: centre on the person and keep "
+                        "the whole body (keypoints, hands, feet, head) when the crop can hold it; "
                         "pad: letterbox; stretch; keep aspect: longest side to the target."}),
                 "width": ("INT", {"default": 576, "min": 64, "max": 4096, "step": 64}),
                 "height": ("INT", {"default": 1024, "min": 64, "max": 4096, "step": 64}),
@@ -99,15 +113,14 @@ class LoadReference:
         else:
             raise MarionetteError("LoadReference has no image.", "Upload a photo or connect an IMAGE input.")
         check_interrupt()
-        mask = _model(PersonSegmenter, SEGMENTER)(picture)  # on the full photo: "crop person" needs it
-        fitted, transform = fit_reference(picture, size, fit, mask=mask, custom=(width, height))
-        h, w = fitted.shape[:2]
-        person = np.clip(transform.warp(mask, (w, h)), 0.0, 1.0)
-        check_interrupt()
-        faces = _model(FaceDetector, FACE_MODEL).find(fitted, person_box(person))
-        face = face_box_and_mask((w, h), faces)
-        box = None if face.box is None else [float(v) for v in face.box]
-        ui = {"marionette_reference": [{"width": w, "height": h, "person_area": float((person > 0.5).mean()),
-                                        "face": box is not None}]}
-        return {"ui": ui, "result": (to_image_tensor(fitted[None]), to_mask_tensor(person[None]),
-                                     to_mask_tensor(face.mask[None]), [box])}
+        ref = prepare_reference(picture, size, fit, _model(PersonSegmenter, SEGMENTER),
+                                _model(FaceDetector, FACE_MODEL), _body_keypoints, custom=(width, height))
+        h, w = ref.image.shape[:2]
+        box = None if ref.face.box is None else [float(v) for v in ref.face.box]
+        ui = {"marionette_reference": [{"width": w, "height": h,
+                                        "person_area": float((ref.person_mask > 0.5).mean()),
+                                        "face": box is not None, "face_source": ref.face.source,
+                                        "face_score": ref.face_score, "cut": list(ref.cut),
+                                        "person_kept": ref.person_kept, "note": ref.note()}]}
+        return {"ui": ui, "result": (to_image_tensor(ref.image[None]), to_mask_tensor(ref.person_mask[None]),
+                                     to_mask_tensor(ref.face.mask[None]), [box])}

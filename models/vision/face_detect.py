@@ -11,8 +11,11 @@ Facts from MediaPipe's face_detection graphs (v0.10.14) and the model itself:
 - keypoints: right eye, left eye, nose tip, mouth centre, right ear tragion, left ear tragion
   (the person's right and left).
 The short-range model only sees faces that fill a good part of its 128² input (selfie
-distance). In a full-body photo the face is far smaller, so `FaceDetector.find` also looks in
-square crops at the top of the person's box.
+distance). In a full-body photo the face is far smaller, so `FaceDetector.candidates` also looks
+in squares around the head that the body keypoints place (and at the top of the person's box),
+and `choose_face` picks by confidence and agreement with the body's head keypoints: on real
+photos a whole-image detection at 0.5–0.6 is often a face-like patch (a printed face, a costume)
+or a box twice too large, while the head-region detection of the same person scores 0.8–0.95.
 """
 from __future__ import annotations
 
@@ -30,6 +33,10 @@ FACE_EXPAND = 1.3  # BlazeFace's box runs brow to chin; ×1.3 takes in the hair 
 HAIR_SHIFT = 0.1   # the expanded box moves up by this fraction of the face box: more hair above than chin below
 OP_NOSE, OP_NECK, OP_R_EYE, OP_L_EYE, OP_R_EAR, OP_L_EAR = 0, 1, 14, 15, 16, 17  # OpenPose-18 indices
 MIN_FACE_POINTS = 20  # visible 68-point landmarks needed to trust their box over the head keypoints
+# Squares around the face box the body keypoints predict, in multiples of its side: BlazeFace short-range
+# scores a face best when it spans 1/4..1/2 of its input (on COCO-WholeBody faces: 0.8–0.9 at 2–4×).
+HEAD_CONTEXT = (2.0, 3.0, 4.0)
+MIN_AGREEMENT = 0.15  # IoU with the body's predicted face box below which a detection is someone/something else
 
 
 @dataclass
@@ -70,6 +77,18 @@ class FaceDetector:
                 return faces
         return []
 
+    def candidates(self, image: np.ndarray, person_box=None, body: np.ndarray | None = None) -> list[Face]:
+        """Every face found in the whole image, in squares around the head the body keypoints
+        (OpenPose-18 [18, 3], image pixels) place, and at the top of `person_box`; best score first."""
+        regions: list = [None]
+        expected = None if body is None else face_box_from_body(body)
+        if expected is not None:
+            regions += context_squares(expected)
+        if person_box is not None:
+            regions += head_regions(person_box)
+        faces = [face for region in regions for face in self(image, region)]
+        return sorted(faces, key=lambda f: -f.score)
+
 
 def square_crop(image: np.ndarray, region) -> tuple[np.ndarray, Affine]:
     """The square around `region` (its longer side, same centre), zero outside the image."""
@@ -96,6 +115,34 @@ def head_regions(person_box) -> list[np.ndarray]:
     for side in (min(width, height), 0.45 * height, 0.3 * height):
         out.append(np.array([cx - side / 2, y0 - 0.1 * side, cx + side / 2, y0 + 0.9 * side]))
     return out
+
+
+def context_squares(face_box) -> list[np.ndarray]:
+    """Squares of HEAD_CONTEXT × the face box's side, centred on it."""
+    box = np.asarray(face_box, np.float64)
+    centre, side = (box[:2] + box[2:]) / 2, max(box[2] - box[0], box[3] - box[1])
+    return [np.concatenate([centre - k * side / 2, centre + k * side / 2]) for k in HEAD_CONTEXT]
+
+
+def box_iou(a, b) -> float:
+    return float(ssd.iou(np.asarray(a, np.float64), np.asarray(b, np.float64)[None])[0])
+
+
+def choose_face(faces: list[Face], body: np.ndarray | None = None) -> Face | None:
+    """The person's face among detector candidates, or None.
+
+    Without usable head keypoints: the most confident. With them: only detections agreeing with the
+    face box the keypoints predict (IoU ≥ MIN_AGREEMENT) count, ranked by score + agreement, so a
+    weak whole-image box twice the size, or a face printed on a shirt, loses to the head's own.
+    """
+    if not faces:
+        return None
+    expected = None if body is None else face_box_from_body(body)
+    if expected is None:
+        return max(faces, key=lambda f: f.score)
+    ranked = [(f.score + box_iou(f.box, expected), f) for f in faces]
+    ranked = [(r, f) for r, f in ranked if r - f.score >= MIN_AGREEMENT]
+    return max(ranked, key=lambda rf: rf[0])[1] if ranked else None
 
 
 def face_box_from_body(body: np.ndarray) -> np.ndarray | None:
@@ -166,14 +213,21 @@ def face_box_and_mask(image_size: tuple[int, int], faces: list[Face] | None = No
         source = "pose" if box is not None else "none"
     if box is None:
         return FaceRegion(None, np.zeros((h, w), np.float32), "none")
-    c, half = (box[:2] + box[2:]) / 2, (box[2:] - box[:2]) / 2 * expand
-    c[1] -= HAIR_SHIFT * (box[3] - box[1])
-    full = np.concatenate([c - half, c + half])
+    full = expand_face_box(box, expand)
     mask = soft_shape_mask((w, h), full, shape, feather)
     clipped = np.clip(full, 0, [w, h, w, h])
     if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
         return FaceRegion(None, np.zeros((h, w), np.float32), "none")
     return FaceRegion(clipped, mask, source)
+
+
+def expand_face_box(box, expand: float = FACE_EXPAND) -> np.ndarray:
+    """A brow-to-chin face box scaled by `expand` about its centre and moved up by HAIR_SHIFT of its
+    height: the head from the hair line to the chin, ears included."""
+    box = np.asarray(box, np.float64)
+    c, half = (box[:2] + box[2:]) / 2, (box[2:] - box[:2]) / 2 * expand
+    c[1] -= HAIR_SHIFT * (box[3] - box[1])
+    return np.concatenate([c - half, c + half])
 
 
 def soft_shape_mask(image_size: tuple[int, int], box, shape: str = "ellipse", feather: float = 0.2) -> np.ndarray:
