@@ -46,7 +46,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=512)
     args = ap.parse_args()
     from marionette.models.body.fit import FitOptions, fit_options, fit_sequence
-    from marionette.models.body.model import load_body_model
+    from marionette.models.body.loading import load_body_model
     from marionette.models.body.posing import pose_sequence
     from marionette.models.pose.blazepose import BlazePoseEstimator
     from marionette.models.synthetic.clip import render_driving_clip

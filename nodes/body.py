@@ -22,7 +22,7 @@ def load_model(kind: str, gender: str = "neutral"):
     ComfyUI runs nodes under torch.inference_mode; tensors made there can never join an autograd
     graph, so the model (which SMPLXFit differentiates through) is built outside it.
     """
-    from ..models.body.model import load_body_model
+    from ..models.body.loading import load_body_model
     if kind in ("Anny (embedded)", "anny"):
         key = ("anny", "neutral")
     elif kind in ("SMPL-X", "smplx"):

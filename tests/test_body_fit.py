@@ -9,7 +9,8 @@ from scipy.spatial.transform import Rotation
 from marionette.models.body import fit as F
 from marionette.models.body.anny_model import pose_from_bone_rotations
 from marionette.models.body.fit import FitOptions, fit_options, fit_reference, fit_sequence, project_keypoints
-from marionette.models.body.model import axis_angle_to_matrix, load_body_model, to_camera
+from marionette.models.body.loading import load_body_model
+from marionette.models.body.model import axis_angle_to_matrix, to_camera
 from marionette.models.errors import MarionetteError, NoPersonError
 from marionette.models.pose.types import PoseFrame, empty_frame
 from marionette.models.synthetic.actor import procedural_motion

@@ -20,7 +20,8 @@ from harness import MEDIAPIPE
 
 from marionette.models.body.anny_model import PHENOTYPE_ORDER, betas_from_phenotype
 from marionette.models.body.fit import fit_reference, fit_sequence, project_keypoints
-from marionette.models.body.model import load_body_model, to_camera
+from marionette.models.body.loading import load_body_model
+from marionette.models.body.model import to_camera
 from marionette.models.synthetic.metrics import procrustes_error
 
 BODY14 = slice(0, 14)

@@ -7,8 +7,8 @@ import torch
 
 from marionette.models.body.anny_model import pose_from_bone_rotations, sequence_from_actor
 from marionette.models.body.joint_maps import ANNY_POSE_BONES, OPENPOSE18
-from marionette.models.body.model import (HINGE_PRIOR_WEIGHT, BodyOutput, axis_angle_to_matrix, load_body_model,
-                                          to_camera)
+from marionette.models.body.loading import load_body_model
+from marionette.models.body.model import HINGE_PRIOR_WEIGHT, BodyOutput, axis_angle_to_matrix, to_camera
 from marionette.models.body.types import SMPL_PARTS
 from marionette.models.errors import MarionetteError
 from smplx_fixture import SMALL_VERTEX_IDS, build, joint_positions, small_vertex_ids, write_fixture

@@ -3,7 +3,7 @@ import cv2
 import numpy as np
 
 from marionette.models.body.anny_model import sequence_from_actor
-from marionette.models.body.model import load_body_model
+from marionette.models.body.loading import load_body_model
 from marionette.models.body.posing import pose_sequence
 from marionette.models.synthetic.actor import procedural_motion
 from marionette.models.synthetic.clip import render_driving_clip
