@@ -20,6 +20,8 @@ import numpy as np
 import torch
 
 from ..errors import MarionetteError
+from .anny_data import build_anny_data
+from .anny_data_worker import ANNY_KWARGS
 from .joint_maps import (ANNY_BODY_BONES, ANNY_FINGER_OF, ANNY_POSE_BONES, FINGERS, OPENPOSE18, SHOULDERS,
                          anny_part_of_bone)
 from .model import FINGER_PRIOR_WEIGHT, BodyModel, BodyOutput, axis_angle_to_matrix, hinge_from_rest
@@ -41,8 +43,10 @@ class _AnnyCore:
         except ImportError as e:
             raise MarionetteError(f"The anny body model cannot be imported ({e}).",
                                   "pip install anny (see .ci/lock.txt for the tested version).") from e
+        # A first use builds anny's data in a child process (atomic, one builder at a time); then it loads.
+        build_anny_data()
         # Pure-torch skinning (no NVIDIA Warp probing), float32 for speed: ~2x faster than anny's float64.
-        self.module = anny.Anny(skinning_method="lbs").to(torch.float32)
+        self.module = anny.Anny(**ANNY_KWARGS).to(torch.float32)
         if tuple(self.module.phenotype_labels) != PHENOTYPE_ORDER:
             raise MarionetteError(f"This anny version orders its phenotype as {self.module.phenotype_labels}.",
                                   "Install the anny version from .ci/lock.txt.")
@@ -132,7 +136,7 @@ _CORE_LOCK = threading.Lock()
 
 
 def anny_core() -> _AnnyCore:
-    """The one anny model of this process (built on first use; seconds with ANNY_CACHE_DIR filled)."""
+    """The one anny model of this process (seconds once anny's data is built; see anny_data.py)."""
     with _CORE_LOCK:
         if not _CORE:
             _CORE.append(_AnnyCore())
