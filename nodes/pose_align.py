@@ -4,17 +4,30 @@ from __future__ import annotations
 import numpy as np
 
 from ..models.errors import MarionetteError
-from ..models.pose.align import apply_alignment, fit_alignment, overlay_preview
+from ..models.pose.align import (TRUST_LIMITS, apply_alignment, fit_alignment, judge_alignment, overlay_preview,
+                                  require_trust)
 from ..models.pose.keypoint_json import frames_to_pose_keypoint, pose_keypoint_to_frames
 from ..models.vision.image import to_rgb_uint8
 from .host import preview_ui, to_image_tensor
-from .pose import DRAW_STYLES, draw_frames
+from .combos import DRAW_STYLE, validate
+from .pose import draw_frames
+
+
+UNTRUSTED = ("stop", "warn only")
+_TRUST_TIP = ("What to do when the fit is untrustworthy. In torso lengths of the reference (neck to mid-hip): "
+              "warn above {residual[0]:.2f} / stop above {residual[1]:.2f} residual, neck off by {neck[0]:.2f} / "
+              "{neck[1]:.2f}, torso scaled ×{torso[0]:.2f} / ×{torso[1]:.2f}; and {off0:.0f}% / {off1:.0f}% of the "
+              "aligned keypoints off the canvas. Warnings always show in the overlay and the status."
+              ).format(off0=100 * TRUST_LIMITS["off_canvas"][0], off1=100 * TRUST_LIMITS["off_canvas"][1],
+                       **TRUST_LIMITS)
 
 
 class PoseAlign:
     DESCRIPTION = ("Scales and shifts the driving poses so their body proportions and placement match the "
                    "reference person (MimicMotion's fit on nose, neck, shoulders, hips, legs, eyes, ears). "
-                   "Stops with a clear message when the fit is not trustworthy.")
+                   "Judges the fit against the reference's torso (residual, neck placement, torso scale, "
+                   "keypoints off the canvas): doubtful fits are named in the overlay and the status, "
+                   "untrustworthy ones stop the run unless told to warn only.")
     CATEGORY = "Marionette/Pose"
     FUNCTION = "align"
     RETURN_TYPES = ("POSE_KEYPOINT", "IMAGE", "IMAGE")
@@ -26,31 +39,49 @@ class PoseAlign:
             "required": {
                 "reference_pose": ("POSE_KEYPOINT", {"tooltip": "DWPoseExtract on the reference image."}),
                 "driving_pose": ("POSE_KEYPOINT", {"tooltip": "DWPoseExtract on the driving frames."}),
-                "draw_style": (list(DRAW_STYLES), {"default": "MimicMotion"}),
+                "draw_style": DRAW_STYLE.input("Match the animation model that reads the skeleton."),
             },
-            "optional": {"reference_image": ("IMAGE", {"tooltip": "For the overlay preview."})},
+            "optional": {"reference_image": ("IMAGE", {"tooltip": "For the overlay preview."}),
+                         "untrusted_fit": (list(UNTRUSTED), {"default": UNTRUSTED[0], "tooltip": _TRUST_TIP})},
         }
 
-    def align(self, reference_pose, driving_pose, draw_style, reference_image=None):
+    @classmethod
+    def VALIDATE_INPUTS(cls, draw_style=None):
+        return validate(draw_style=(DRAW_STYLE, draw_style))
+
+    def align(self, reference_pose, driving_pose, draw_style, reference_image=None, untrusted_fit=UNTRUSTED[0]):
         refs = pose_keypoint_to_frames(reference_pose)
         driving = pose_keypoint_to_frames(driving_pose)
         if not refs or not driving:
             raise MarionetteError("PoseAlign got an empty pose list.",
                                   "Connect DWPoseExtract outputs for the reference image and the driving frames.")
+        if untrusted_fit not in UNTRUSTED:
+            raise MarionetteError(f"Unknown untrusted_fit {untrusted_fit!r}.", f"Use one of {', '.join(UNTRUSTED)}.")
         ref = refs[0]
         fit = fit_alignment(ref, driving)
         aligned = apply_alignment(fit, driving, (ref.width, ref.height))
+        trust = judge_alignment(fit, ref, aligned)
+        if untrusted_fit == "stop":
+            require_trust(trust)
         skeleton = draw_frames(aligned, draw_style, (ref.width, ref.height))
         if reference_image is not None:
             background = to_rgb_uint8(reference_image)[0]
         else:
             background = np.zeros((ref.height, ref.width, 3), np.uint8)
-        overlay = np.stack([overlay_preview(background, ref, a, d) for a, d in zip(aligned, driving)])
+        overlay = np.stack([overlay_preview(background, ref, a, d, trust=trust) for a, d in zip(aligned, driving)])
         ui = preview_ui(overlay, prefix="marionette_align")
         (rw, rh), (dw, dh) = (ref.width, ref.height), (driving[fit.used_frames[0]].width,
                                                         driving[fit.used_frames[0]].height)
         ui["marionette_fit"] = [{"scale_px": [fit.ax * rw / dw, fit.ay * rh / dh], "residual_px": fit.residual,
                                  "frames": len(fit.used_frames), "keypoints": len(fit.used_ids),
-                                 "summary": fit.describe()}]
+                                 "summary": fit.describe(), "trust": trust.level,
+                                 "residual_torso": trust.residual, "neck_torso": _finite(trust.neck),
+                                 "torso_scale": _finite(trust.torso), "off_canvas": trust.off_canvas,
+                                 "warnings": list(trust.reasons), "trust_summary": trust.describe()}]
         return {"ui": ui, "result": (frames_to_pose_keypoint(aligned), to_image_tensor(skeleton),
                                      to_image_tensor(overlay))}
+
+
+def _finite(value: float):
+    """JSON has no NaN: None where a measure could not be taken."""
+    return float(value) if np.isfinite(value) else None

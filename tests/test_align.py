@@ -1,10 +1,14 @@
 """PoseAlign: the MimicMotion linear fit, recovered exactly, computed by hand, and its failure reports."""
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
 from marionette.models.errors import MarionetteError, NoPersonError
-from marionette.models.pose.align import (ALIGN_IDS, AlignmentFit, align_poses, apply_alignment, fit_alignment,
-                                          overlay_preview, ALIGNED_COLOR, REF_COLOR)
+from marionette.models.pose.align import (ALIGN_IDS, STOP_COLOR, TORSO_PER_SHOULDER, WARN_COLOR, AlignmentFit,
+                                          align_poses, apply_alignment, fit_alignment, judge_alignment,
+                                          overlay_preview, reference_torso, require_trust, ALIGNED_COLOR,
+                                          REF_COLOR)
 from marionette.models.pose.types import empty_frame
 
 # an upright person in a 576 x 1024 portrait (OpenPose-18 pixels)
@@ -200,3 +204,79 @@ def test_overlay_preview_draws_both_skeletons_over_dimmed_image():
 def test_fit_describe_is_readable():
     fit = AlignmentFit(1.0, 1.0, 0.0, 0.0, (1, 8), (0,), 2.5)
     assert "neck, r_hip" in fit.describe() and "2.5 px" in fit.describe()
+
+
+# ----------------------------------------------------------------------------------------------- trust
+
+TORSO = float(np.linalg.norm((REF_BODY[8] + REF_BODY[11]) / 2 - REF_BODY[1]))   # 250 px
+
+
+def judged(ref, driving, **options):
+    fit = fit_alignment(ref, driving, **options)
+    return fit, judge_alignment(fit, ref, apply_alignment(fit, driving))
+
+
+def test_a_matching_driving_body_is_trusted():
+    ref = person_frame(576, 1024, REF_BODY)
+    fit, trust = judged(ref, [person_frame(1280, 720, driving_from_reference(1.7, np.array([-300.0, -120.0])))])
+    assert trust.torso_px == pytest.approx(TORSO) and trust.level == "ok" and trust.reasons == ()
+    assert trust.residual < 1e-5 and trust.neck < 1e-5 and trust.torso == pytest.approx(1.0)
+    assert trust.off_canvas == 0.0 and "0% of keypoints off canvas" in trust.describe()
+    require_trust(trust)                                   # nothing to stop
+
+
+def test_keypoints_off_the_canvas_warn_then_stop():
+    # a half-body reference (no knees, no ankles) with a whole-body dancer: legs fall below the canvas
+    ref = person_frame(576, 1024, REF_BODY)
+    ref.body[0, [9, 10, 12, 13], 2] = 0.0
+    ref.height = 560                                         # the photo ends just below the hips
+    drv = person_frame(576, 1024, REF_BODY)
+    _, trust = judged(ref, [drv])
+    assert trust.off_canvas == pytest.approx(4 / 18) and trust.level == "warn"     # 22 % > 10 %
+    assert len(trust.reasons) == 1 and "22% of the aligned keypoints fall outside" in trust.reasons[0]
+    ref.height = 470                                         # hips off too: 6 of 18
+    _, trust = judged(ref, [drv])
+    assert trust.level == "stop" and trust.off_canvas == pytest.approx(6 / 18)
+    with pytest.raises(MarionetteError, match="cannot be trusted: 33% of the aligned keypoints") as e:
+        require_trust(trust)
+    assert "warn only" in e.value.fix
+
+
+def test_a_folded_torso_and_a_wandering_neck_are_named():
+    ref = person_frame(576, 1024, REF_BODY)
+    crouched = REF_BODY.copy()
+    crouched[[8, 9, 10, 11, 12, 13], 1] -= 180              # hips 180 px up (torso 70 px), legs as long
+    frames = [person_frame(576, 1024, crouched) for _ in range(3)]
+    _, trust = judged(ref, frames, scale_range=(0.1, 10))
+    assert trust.torso < 1 / 1.8 and trust.level == "stop" and any("torso is ×" in r for r in trust.reasons)
+    walking = [person_frame(576, 1024, REF_BODY + [dx, 0]) for dx in (-300, -200, 200, 300)]
+    _, trust = judged(ref, walking)                          # fitted x offset averages out: necks ±200–300 px
+    assert trust.neck == pytest.approx(250 / TORSO) and "aligned neck sits 100% of a torso" in " ".join(trust.reasons)
+    assert trust.level == "stop"
+
+
+def test_reference_size_falls_back_to_shoulders_then_extent():
+    body = np.column_stack([REF_BODY, np.full(18, 0.9)])
+    assert reference_torso(body) == pytest.approx(TORSO)
+    body[[8, 11], 2] = 0.0
+    assert reference_torso(body) == pytest.approx(116 * TORSO_PER_SHOULDER)
+    body[[2, 5], 2] = 0.0
+    assert reference_torso(body) == pytest.approx((820 - 135) / 3)
+
+
+def test_overlay_writes_the_warnings_in_amber_or_red():
+    W, H = 576, 1024
+    ref = person_frame(W, H, REF_BODY)
+    image = np.zeros((H, W, 3), np.uint8)
+    plain = overlay_preview(image, ref, ref)
+    ok = judged(ref, [ref])[1]
+    assert np.array_equal(overlay_preview(image, ref, ref, trust=ok), plain)
+    ref_half = person_frame(W, H, REF_BODY)
+    ref_half.body[0, [9, 10, 12, 13], 2] = 0.0
+    ref_half.height = 560
+    warn = judged(ref_half, [ref])[1]
+    drawn = overlay_preview(image, ref, ref, trust=warn)
+    changed = np.any(drawn != plain, axis=-1)
+    assert changed[-120:].any() and (drawn[changed] == WARN_COLOR).all(axis=-1).any()
+    stop = replace(warn, level="stop")
+    assert (overlay_preview(image, ref, ref, trust=stop) == STOP_COLOR).all(axis=-1).any()

@@ -32,6 +32,8 @@ SCALE_RANGE = (0.25, 4.0)
 REF_COLOR = (40, 230, 90)         # preview: reference skeleton (green)
 ALIGNED_COLOR = (255, 60, 210)    # preview: aligned driving skeleton (magenta)
 RAW_COLOR = (150, 150, 150)       # preview: unaligned first driving frame (grey)
+WARN_COLOR = (255, 190, 40)       # preview: a doubtful alignment's warnings (amber)
+STOP_COLOR = (255, 70, 70)        # preview: an untrustworthy alignment's warnings (red)
 
 _FIX_REFERENCE = ("Use a reference photo showing one person from head to ankles, or turn pose alignment off "
                   "if the driving video already matches the reference framing.")
@@ -155,6 +157,128 @@ def fit_alignment(ref: PoseFrame, driving: list[PoseFrame], min_shared: int = MI
     return replace(fit, residual=float(np.sqrt(np.mean(np.sum(err ** 2, axis=1)))))
 
 
+# ----------------------------------------------------------------------------------------------- trust
+
+# How far an alignment may be off before PoseAlign warns (first value) or, if asked to, stops (second).
+# All lengths are in units of the reference's torso (neck to mid-hip, which a turn does not shorten).
+TRUST_LIMITS = {
+    "residual": (0.50, 1.00),     # RMS distance of the fitted keypoints from the reference's
+    "neck": (0.50, 1.00),         # median distance of the aligned neck from the reference's neck
+    "torso": (1.30, 1.80),        # median aligned torso length ÷ the reference's, or its inverse
+    "off_canvas": (0.10, 0.30),   # share of visible aligned body keypoints outside the canvas
+}
+# Measured (benchmarks/align_trust.py, embedded poses): synthetic turn, walk+wave+turn and arms clips
+# residual 0.07–0.10, neck 0.07, torso ×1.00–1.02, nothing off canvas; a squat residual 0.37, neck 0.39
+# and a dancer walking 1.5 body widths sideways 0.43 / 0.39 (their poses differ from a standing
+# reference, the fit is still right); real Human3.6M people standing 0.38–0.40 / 0.02–0.06; a half-body
+# reference with a full-body clip 22 % off canvas (synthetic and real alike).
+TORSO_PER_SHOULDER = 1.5   # torso length per shoulder width, when the reference's hips are not visible
+NECK, R_SHOULDER, L_SHOULDER, R_HIP, L_HIP = 1, 2, 5, 8, 11
+TRUST_LEVELS = ("ok", "warn", "stop")
+
+
+@dataclass(frozen=True)
+class AlignmentTrust:
+    """How far the aligned driving body sits from the reference body, relative to the reference's torso."""
+    torso_px: float         # the reference's body size: neck to mid-hip, in reference pixels
+    residual: float         # fit.residual / torso_px
+    neck: float             # median |aligned neck − reference neck| / torso_px (nan if no neck)
+    torso: float            # median aligned torso length / reference torso length (nan if unknown)
+    off_canvas: float       # share of visible aligned body keypoints outside the reference canvas
+    level: str              # "ok", "warn" or "stop"
+    reasons: tuple[str, ...]  # one sentence per limit passed
+
+    def describe(self) -> str:
+        head = (f"residual {100 * self.residual:.0f}% of the torso, neck {_pct(self.neck)} off, "
+                f"torso ×{self.torso:.2f}, {100 * self.off_canvas:.0f}% of keypoints off canvas")
+        return head if self.level == "ok" else f"{head}. Fit {'untrustworthy' if self.level == 'stop' else 'doubtful'}: " \
+            + "; ".join(self.reasons)
+
+
+def _pct(value: float) -> str:
+    return "n/a" if not np.isfinite(value) else f"{100 * value:.0f}% of the torso"
+
+
+def _torso(body: np.ndarray) -> tuple[float, np.ndarray | None]:
+    """Neck-to-mid-hip length of an OpenPose-18 body and its neck, nan/None where not visible."""
+    vis = body[:, 2] > VISIBLE
+    neck = body[NECK, :2] if vis[NECK] else None
+    hips = [i for i in (R_HIP, L_HIP) if vis[i]]
+    if neck is None or not hips:
+        return float("nan"), neck
+    return float(np.linalg.norm(body[hips, :2].mean(0) - neck)), neck
+
+
+def reference_torso(ref_body: np.ndarray) -> float:
+    """The reference's body size in pixels: neck to mid-hip, else shoulder width × TORSO_PER_SHOULDER,
+    else a third of the visible keypoints' extent (a standing body is about three torsos tall)."""
+    torso, _ = _torso(ref_body)
+    if np.isfinite(torso) and torso > 0:
+        return torso
+    if ref_body[R_SHOULDER, 2] > VISIBLE and ref_body[L_SHOULDER, 2] > VISIBLE:
+        width = float(np.linalg.norm(ref_body[R_SHOULDER, :2] - ref_body[L_SHOULDER, :2]))
+        if width > 0:
+            return width * TORSO_PER_SHOULDER
+    points = ref_body[ref_body[:, 2] > VISIBLE, :2]
+    return max(float(np.ptp(points, axis=0).max()) / 3.0 if len(points) else 0.0, 1.0)
+
+
+def judge_alignment(fit: AlignmentFit, ref: PoseFrame, aligned: list[PoseFrame], ref_person: int = 0,
+                    limits: dict[str, tuple[float, float]] = TRUST_LIMITS) -> AlignmentTrust:
+    """Trust in an alignment: residual, neck placement, torso scale and off-canvas share of the aligned
+    driving frames (`apply_alignment`'s output, one-person frames only) against `limits`."""
+    ref_body = ref.body[ref_person]
+    size = reference_torso(ref_body)
+    ref_torso, ref_neck = _torso(ref_body)
+    necks, torsos, inside, seen = [], [], 0, 0
+    w, h = ref.width, ref.height
+    for f in fit.used_frames:
+        body = aligned[f].body[0]
+        torso, neck = _torso(body)
+        if neck is not None and ref_neck is not None:
+            necks.append(np.linalg.norm(neck - ref_neck) / size)
+        if np.isfinite(torso) and np.isfinite(ref_torso):
+            torsos.append(torso / ref_torso)
+        vis = body[body[:, 2] > VISIBLE, :2]
+        seen += len(vis)
+        inside += int(((vis[:, 0] >= 0) & (vis[:, 0] <= w) & (vis[:, 1] >= 0) & (vis[:, 1] <= h)).sum())
+    values = {"residual": fit.residual / size,
+              "neck": float(np.median(necks)) if necks else float("nan"),
+              "torso": float(np.median(torsos)) if torsos else float("nan"),
+              "off_canvas": 1.0 - inside / seen if seen else 0.0}
+    level, reasons = 0, []
+    for key, value in values.items():
+        measure = max(value, 1.0 / value) if key == "torso" and value > 0 else value
+        passed = [i for i, limit in enumerate(limits[key], 1) if np.isfinite(measure) and measure > limit]
+        if passed:
+            level = max(level, passed[-1])
+            reasons.append(_REASONS[key].format(value=value, pct=100 * value, limit=limits[key][passed[-1] - 1]))
+    return AlignmentTrust(size, values["residual"], values["neck"], values["torso"], values["off_canvas"],
+                          TRUST_LEVELS[level], tuple(reasons))
+
+
+def require_trust(trust: AlignmentTrust) -> None:
+    """Raises a MarionetteError naming the reasons when the alignment is untrustworthy (level "stop")."""
+    if trust.level == "stop":
+        raise MarionetteError(
+            "The pose alignment cannot be trusted: " + "; ".join(trust.reasons) + ".",
+            "Use a reference photo framed like the driving video (the whole body for a whole-body dance, "
+            "standing as the dancer mostly does), or a clip where the person stays in view; to go on anyway, "
+            "set PoseAlign's \"untrusted fit\" to \"warn only\".")
+
+
+_REASONS = {
+    "residual": "the driving keypoints miss the reference's by {pct:.0f}% of its torso on average (limit {limit:.0%}): "
+                "the poses differ a lot or the driving detections are wrong",
+    "neck": "the aligned neck sits {pct:.0f}% of a torso away from the reference's (limit {limit:.0%}): the "
+            "driving person moves far from where the reference stands",
+    "torso": "the aligned torso is ×{value:.2f} the reference's (limit ×{limit:.2f} either way): the two bodies "
+             "are framed differently (a half-body photo, a crouch, a turn toward the camera)",
+    "off_canvas": "{pct:.0f}% of the aligned keypoints fall outside the reference image (limit {limit:.0%}): "
+                  "the animation will cut off limbs",
+}
+
+
 def apply_alignment(fit: AlignmentFit, driving: list[PoseFrame],
                     ref_size: tuple[int, int] | None = None) -> list[PoseFrame]:
     """Driving frames moved onto the reference body, in the reference canvas (width, height).
@@ -217,10 +341,38 @@ def _legend(canvas, entries) -> None:
         y += int(26 * scale / 0.6)
 
 
+def _wrap(text: str, width: int, scale: float) -> list[str]:
+    """Words of `text` in lines no wider than `width` pixels in the legend's font."""
+    lines, line = [], ""
+    for word in text.split():
+        trial = f"{line} {word}".strip()
+        if line and cv2.getTextSize(trial, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0] > width:
+            lines.append(line)
+            trial = word
+        line = trial
+    return lines + ([line] if line else [])
+
+
+def _warnings(canvas, trust: AlignmentTrust) -> None:
+    """The trust verdict and its reasons at the bottom of the preview, amber for doubt, red for distrust."""
+    scale = max(0.35, min(canvas.shape[:2]) / 1100)
+    color = WARN_COLOR if trust.level == "warn" else STOP_COLOR
+    title = "alignment doubtful:" if trust.level == "warn" else "alignment untrustworthy:"
+    lines = [title] + [f"- {line}" if i == 0 else f"  {line}" for reason in trust.reasons
+                       for i, line in enumerate(_wrap(reason, canvas.shape[1] - 24, scale))]
+    step = int(22 * scale / 0.6)
+    y = canvas.shape[0] - 8 - step * (len(lines) - 1)
+    for line in lines:
+        cv2.putText(canvas, line, (8, y), cv2.FONT_HERSHEY_SIMPLEX, scale, color, max(1, int(scale * 2)), cv2.LINE_AA)
+        y += step
+
+
 def overlay_preview(ref_image: np.ndarray, ref: PoseFrame, aligned: PoseFrame,
-                    driving_first: PoseFrame | None = None, dim: float = 0.45) -> np.ndarray:
+                    driving_first: PoseFrame | None = None, dim: float = 0.45,
+                    trust: AlignmentTrust | None = None) -> np.ndarray:
     """Reference image dimmed, with the reference skeleton (green) and the aligned driving skeleton
-    (magenta); the unaligned first driving frame, if given, in grey (stretched to the image)."""
+    (magenta); the unaligned first driving frame, if given, in grey (stretched to the image); and
+    `trust`'s warnings, when it has any, written at the bottom."""
     images = to_rgb_uint8(ref_image)
     if len(images) != 1:
         raise MarionetteError(f"The reference image has shape {np.shape(ref_image)}; one RGB image [H, W, 3] "
@@ -234,4 +386,6 @@ def overlay_preview(ref_image: np.ndarray, ref: PoseFrame, aligned: PoseFrame,
     _draw_skeleton(canvas, ref, REF_COLOR, thickness)
     _draw_skeleton(canvas, aligned, ALIGNED_COLOR, thickness)
     _legend(canvas, legend)
+    if trust is not None and trust.level != "ok":
+        _warnings(canvas, trust)
     return canvas

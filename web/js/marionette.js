@@ -17,7 +17,9 @@ function statusText(message) {
     const f = message.marionette_fit[0];
     const [sx, sy] = f.scale_px;
     return `driving body scaled ×${sx.toFixed(2)} (x) ×${sy.toFixed(2)} (y) in pixels; ` +
-      `${f.keypoints} keypoints, ${f.frames} frames, residual ${f.residual_px.toFixed(1)} px`;
+      `${f.keypoints} keypoints, ${f.frames} frames, residual ${f.residual_px.toFixed(1)} px` +
+      (f.warnings && f.warnings.length ? `\nalignment ${f.trust === "stop" ? "untrustworthy" : "doubtful"}: ` +
+        f.warnings.join("; ") : "");
   }
   if (message.marionette_body) {
     const b = message.marionette_body[0];
@@ -51,7 +53,7 @@ function statusText(message) {
   if (message.marionette_reference) {
     const r = message.marionette_reference[0];
     return `${r.width}×${r.height}, person ${(100 * r.person_area).toFixed(0)}% of the frame, ` +
-      (r.face ? "face found" : "no face found");
+      (r.face ? "face found" : "no face found") + (r.note ? `\n${r.note}` : "");
   }
   return null;
 }
