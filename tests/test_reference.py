@@ -14,10 +14,11 @@ import pytest
 from harness import MEDIAPIPE
 
 from marionette.models.errors import MarionetteError
+from marionette.models.pose.types import OPENPOSE_BODY
 from marionette.models.reference import (FIT_MODES, PRESET_NAMES, PRESETS, cover_size, fit_reference,
-                                         person_box, round_to_multiple, target_size)
-from marionette.models.vision.face_detect import (FaceDetector, face_box_and_mask, face_box_from_body,
-                                                  soft_shape_mask)
+                                         person_box, prepare_reference, round_to_multiple, target_size)
+from marionette.models.vision.face_detect import (Face, FaceDetector, choose_face, face_box_and_mask,
+                                                  face_box_from_body, soft_shape_mask)
 from marionette.models.vision.segmentation import PersonSegmenter
 from marionette.models.vision.ssd import iou
 
@@ -54,6 +55,21 @@ def _openpose_body(keypoints: dict) -> np.ndarray:
     for i, name in {0: "nose", 2: "right_shoulder", 5: "left_shoulder", 14: "right_eye", 15: "left_eye",
                     16: "right_ear", 17: "left_ear"}.items():
         body[i] = [*keypoints[name], 1.0]
+    body[1] = [*((body[2, :2] + body[5, :2]) / 2), 1.0]
+    return body
+
+
+COCO_FOR_OPENPOSE = ("nose", None, "right_shoulder", "right_elbow", "right_wrist", "left_shoulder", "left_elbow",
+                     "left_wrist", "right_hip", "right_knee", "right_ankle", "left_hip", "left_knee", "left_ankle",
+                     "right_eye", "left_eye", "right_ear", "left_ear")
+
+
+def _whole_body(keypoints: dict, shift=(0.0, 0.0)) -> np.ndarray:
+    """OpenPose-18 body [18, 3] of every rendered COCO keypoint (neck = shoulder mean), moved by `shift`."""
+    body = np.zeros((18, 3), np.float32)
+    for i, name in enumerate(COCO_FOR_OPENPOSE):
+        if name:
+            body[i] = [*(np.array(keypoints[name]) + shift), 1.0]
     body[1] = [*((body[2, :2] + body[5, :2]) / 2), 1.0]
     return body
 
@@ -262,3 +278,89 @@ def test_soft_mask_shapes_and_feather():
     assert ellipse[10, 20] == 1.0 and ellipse[0, 0] == 0.0 and rect[1, 1] > 0.0
     assert 0.0 < ellipse[10, 1] < 1.0                         # the fade at the rim
     assert rect.sum() > ellipse.sum()
+
+
+# ---------------------------------------------------------------- choosing the face, the whole reference
+
+def _face(score, box):
+    box = np.array(box, np.float64)
+    return Face(score, box, np.tile((box[:2] + box[2:]) / 2, (6, 1)))
+
+
+def test_choose_face_trusts_the_head_keypoints_over_confidence_alone(person):
+    body = _whole_body(person[2]["keypoints"])
+    head = face_box_from_body(body)
+    on_head = _face(0.80, head + [2, -1, 2, -1])
+    too_big = _face(0.58, head + [-30, -20, 30, 40])               # twice the size, around the head
+    on_chest = _face(0.95, head + [0, 110, 0, 110])                # a face printed on the shirt
+    assert choose_face([on_chest, too_big, on_head], body) is on_head
+    assert choose_face([on_chest, too_big, on_head]) is on_chest   # no body: the most confident
+    assert choose_face([on_chest], body) is None                   # nothing agrees with the head
+    region = face_box_and_mask((512, 512), [], body=body)
+    assert region.source == "pose" and choose_face([], body) is None
+
+
+def test_a_face_printed_on_the_chest_no_longer_wins(detector, segmenter, person):
+    image, _, meta = person
+    x0, y0, x1, y1 = (int(round(v)) for v in meta["head_box"])
+    printed = cv2.resize(image[y0:y1, x0:x1], None, fx=2.0, fy=2.0)
+    image = image.copy()
+    h, w = printed.shape[:2]
+    image[190 - h // 2:190 - h // 2 + h, 190 - w // 2:190 - w // 2 + w] = printed
+    head = np.array(meta["head_box"])
+    old = detector.find(image, person_box(segmenter(image)))[0]    # the previous rule: whole image first
+    assert old.box[1] > head[3]                                    # ... found the shirt
+    body = _whole_body(meta["keypoints"])
+    ref = prepare_reference(image, "512x512", "pad", segmenter, detector, lambda picture: body)
+    box = ref.transform.inverse().apply_box(ref.face_box)
+    assert ref.face.source == "detector" and iou(box, head[None])[0] > 0.4 and ref.face_score > 0.9
+
+
+def test_the_same_face_for_every_size_and_fit(detector, segmenter, person):
+    image, _, meta = person
+    body = _whole_body(meta["keypoints"])
+    boxes = []
+    for size in ("512x512", "512x768", "576x1024", "1024x576", "auto"):
+        for mode in FIT_MODES:
+            ref = prepare_reference(image, size, mode, segmenter, detector, lambda picture: body)
+            if ref.face_box is None:                                # a centre crop can cut the head away
+                assert mode == "crop" and {"nose", "top of the head"} <= set(ref.cut), (size, mode)
+                continue
+            assert ref.face.source == "detector", (size, mode)
+            boxes.append(ref.transform.inverse().apply_box(ref.face_box))
+            assert ref.face.mask.shape == ref.image.shape[:2] and ref.person_mask.shape == ref.image.shape[:2]
+            np.testing.assert_allclose(ref.body[:, :2], ref.transform.apply(body[:, :2]), atol=1e-3)
+    assert len(boxes) >= 20
+    np.testing.assert_allclose(boxes, np.repeat(boxes[:1], len(boxes), 0), atol=1e-6)
+
+
+def test_the_crop_names_what_it_cuts_off(detector, segmenter, person):
+    image, _, meta = person
+    body = _whole_body(meta["keypoints"])
+    estimate = lambda picture: body  # noqa: E731
+    whole = prepare_reference(image, "512x768", "pad", segmenter, detector, estimate)
+    assert whole.cut == () and whole.note() == "" and whole.person_kept > 0.99
+    wide = prepare_reference(image, "1024x576", "crop person", segmenter, detector, estimate)
+    assert {"r_ankle", "l_ankle", "right foot", "left foot"} <= set(wide.cut)
+    assert not {"nose", "r_eye", "l_eye", "top of the head"} & set(wide.cut)     # the head is kept
+    assert "the fit cuts off: " in wide.note() and "r_ankle" in wide.note() and wide.person_kept < 0.9
+    assert set(wide.cut) <= set(OPENPOSE_BODY) | {"right hand", "left hand", "right foot", "left foot",
+                                                   "top of the head"}
+    nobody = prepare_reference(image, "1024x576", "crop", segmenter, detector, lambda picture: None)
+    assert nobody.cut == ("top of the head",) and nobody.body is None   # only what the face detector knows
+
+
+def test_crop_person_keeps_the_whole_body_beside_another_blob(detector, segmenter, person):
+    # the person on the left of a wide photo, something person-like at the far right: the mask's box
+    # spans both, so framing on the mask cut the person; framing on the body keeps them whole
+    image, silhouette, meta = person
+    image = np.pad(image, ((0, 0), (0, 600), (0, 0)), mode="edge")
+    image[200:480, 1000:1080] = (200, 60, 60)
+    body = _whole_body(meta["keypoints"])
+    mask = segmenter(image)
+    mask[200:480, 1000:1080] = 1.0
+    ref = prepare_reference(image, "512x768", "crop person", lambda picture: mask, detector, lambda picture: body)
+    assert ref.cut == ()
+    _, old = fit_reference(image, "512x768", "crop person", mask=mask)
+    xy = old.apply(body[:, :2])
+    assert ((xy[:, 0] < 0) | (xy[:, 0] > 512)).any()                  # the previous framing cut the person
