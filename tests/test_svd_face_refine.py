@@ -1,16 +1,24 @@
 """HJB face refinement: the ArcFace R100 layout of glintr100_torch.pth, the IResNet forward against plain
-functional ops, face boxes, the refinement step against a re-derivation in the official structure (all
-frames decoded with one graph, loss over all, one backward per iteration), the learning-rate schedule and
-step window inside the sampler, inference-mode weights, and errors."""
+functional ops, face boxes read as the official code reads its 8-bit masks, the refinement step against a
+re-derivation in the official structure (all frames decoded with one graph, loss over all, one backward per
+iteration), the float64 gradient against a plain-ops re-derivation of the official maths, the learning-rate
+schedule and step window inside the sampler, the official single UNet window, inference-mode weights, and
+errors."""
+import io
+from dataclasses import replace
+
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from marionette.models.errors import MarionetteError
 from marionette.models.stableanimator.hjb import (FaceRefiner, RefineSettings, crop_faces, face_box, face_boxes,
-                                               reference_embedding)
+                                                  reference_embedding, refine_window)
 from marionette.models.stableanimator.iresnet import IResNet, load_iresnet100
 from marionette.models.svd.sampler import SamplerSettings, sample
+from marionette.models.pipelines.svd_animation import FaceRefine, SVDAnimation, animate_svd
 from marionette.models.pipelines.svd_tiny import tiny_animation_model
 
 TINY_NET = dict(blocks=(1, 2, 1, 1), widths=(8, 8, 16, 16), embedding_size=24)
@@ -95,14 +103,43 @@ def test_load_iresnet100_is_strict_and_names_the_file(tmp_path):
 
 
 # -------------------------------------------------------------------------------------------- boxes
-def test_face_box_is_inclusive_and_thresholded():
+def official_mask_box(mask: torch.Tensor):
+    """The official reading: the mask saved as an 8-bit PNG, read back, divided by 255, pixels == 1."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.round(mask.numpy() * 255).astype(np.uint8)).save(buffer, format="PNG")
+    read = torch.from_numpy(np.asarray(Image.open(io.BytesIO(buffer.getvalue()))).astype(np.float32) / 255)
+    ys, xs = torch.where(read == 1)
+    return None if len(ys) == 0 else (ys.min().item(), ys.max().item(), xs.min().item(), xs.max().item())
+
+
+def test_face_box_counts_only_full_pixels_as_the_official_code():
     mask = torch.zeros(10, 12)
     mask[2:5, 3:9] = 1.0
-    mask[7, 0] = 0.4  # below the threshold
-    assert face_box(mask) == (2, 4, 3, 8)
-    assert face_box(torch.zeros(4, 4)) is None
+    mask[1:6, 2:10][[0, -1]] = 0.6  # a soft 1-px edge, as a resized or feathered mask has
+    mask[1:6, [2, 9]] = 0.6
+    mask[7, 0] = 254 / 255          # an almost-full pixel still is not 255
+    mask[8, 11] = 1.0 - 1e-7        # float noise on a full pixel still is 255
+    assert face_box(mask) == official_mask_box(mask) == (2, 8, 3, 11)
+    mask[8, 11] = 0.0
+    assert face_box(mask) == official_mask_box(mask) == (2, 4, 3, 8)
+    old = torch.nonzero(mask[:6] >= 0.5)  # the old >= 0.5 rule on the face: 1 px larger on every side
+    assert old.amin(0).tolist() == [1, 2] and old.amax(0).tolist() == [5, 9]
+    assert face_box(torch.full((4, 4), 0.9)) is None
     boxes = face_boxes(torch.stack([mask, torch.zeros_like(mask)]), (20, 24))  # resized x2, nearest
     assert boxes == [(4, 9, 6, 17), None]
+
+
+def test_a_blurred_mask_gives_the_official_box():
+    """A rectangle mask bilinearly resized (soft edges of several pixels): the box is that of its 255 pixels."""
+    hard = torch.zeros(1, 1, 16, 20)
+    hard[..., 4:11, 6:15] = 1.0
+    soft = F.interpolate(hard, size=(64, 80), mode="bilinear", align_corners=False)[0, 0]
+    assert 0 < int(((soft > 0) & (soft < 1)).sum())
+    box = face_box(soft)
+    assert box == official_mask_box(soft)
+    assert box == face_boxes(soft[None], (64, 80))[0]
+    loose = torch.nonzero(soft >= 0.5)
+    assert box[0] > loose[:, 0].min() and box[1] < loose[:, 0].max()
 
 
 def test_crop_faces_resizes_the_box_bilinearly():
@@ -184,6 +221,56 @@ def test_refinement_matches_the_official_structure(tiny):
     assert refiner.losses == [pytest.approx(losses, abs=1e-6)]
 
 
+def test_float64_gradient_equals_the_official_maths():
+    """In float64 the first gradient w.r.t. x0 equals a re-derivation of the official step in plain ops (the
+    diffusers VAE decode, the official 8-bit-range post-processing, crops, `functional_iresnet` over the state
+    dict, a written-out cosine) to 1e-8. Rounding to float32 anywhere (decoded frames, crops, the cosine, the
+    reference embedding) shows at ~2e-6 here: the tiny R100's embeddings are nearly parallel (cos ~0.999), as
+    those of one person's faces are, and the cosine's gradient is then a small difference of large terms."""
+    model = tiny_animation_model("stableanimator", seed=3, dtype=torch.float64)
+    vae, factor = model.vae, model.vae_scaling_factor
+    with torch.no_grad():  # some pixels leave [-1, 1], so the clamp's zero gradient is part of the check
+        vae.decoder.conv_out.weight.mul_(4)
+    embedder = tiny_embedder(1).double()
+    gen = torch.Generator().manual_seed(7)
+    x0 = torch.randn(6, 4, H // 8, W // 8, generator=gen, dtype=torch.float64)
+    boxes = [(10, 40, 12, 44), (8, 30, 20, 50), (0, 63, 0, 63), (20, 50, 5, 35), (12, 44, 12, 44), (30, 60, 30, 60)]
+    image, (ry0, ry1, rx0, rx1) = torch.rand(3, H, W, generator=gen, dtype=torch.float64), (5, 50, 8, 52)
+
+    face = F.interpolate(((image - 0.5) / 0.5)[None, :, ry0:ry1 + 1, rx0:rx1 + 1], size=(112, 112),
+                         mode="bilinear", align_corners=False)
+    official_reference = functional_iresnet(embedder, face)[0]
+    theirs = x0.clone().requires_grad_(True)
+    with torch.enable_grad():
+        latents = 1 / factor * theirs
+        decoded = torch.cat([vae.decode(latents[i:i + 4], num_frames=latents[i:i + 4].shape[0]).sample
+                             for i in range(0, 6, 4)])
+        frames = ((decoded / 2 + 0.5).clamp(0, 1) * 255).clamp(0, 255) / 255
+        frames = (frames - 0.5) / 0.5
+        crops = torch.cat([F.interpolate(frames[k:k + 1, :, y0:y1 + 1, x0_:x1 + 1], size=(112, 112),
+                                         mode="bilinear", align_corners=False)
+                           for k, (y0, y1, x0_, x1) in enumerate(boxes)])
+        embeddings = functional_iresnet(embedder, crops)
+        reference = official_reference.expand_as(embeddings)
+        cosine = (embeddings * reference).sum(1) / (embeddings.norm(dim=1) * reference.norm(dim=1))
+        official = (1 - cosine).abs().mean()
+        official.backward()
+    assert 0.01 < float((decoded.abs() > 1).double().mean()) < 0.5
+    assert float(cosine.detach().min()) > 0.99
+
+    ours_reference = reference_embedding(embedder, image, (ry0, ry1, rx0, rx1))
+    assert ours_reference.dtype == torch.float64
+    assert (ours_reference - official_reference).norm() <= 1e-12 * official_reference.norm()
+    refiner = FaceRefiner(embedder, ours_reference, boxes, vae, factor,
+                          RefineSettings(decode_chunk=4, gradient_checkpointing=False))
+    ours = x0.clone().requires_grad_(True)
+    with torch.enable_grad():
+        loss = refiner._backward(ours)
+    assert ours.grad.dtype == torch.float64 and theirs.grad.norm() > 0
+    assert (ours.grad - theirs.grad).norm() <= 1e-8 * theirs.grad.norm()
+    assert abs(loss - official.item()) <= 1e-12
+
+
 def test_checkpointing_gives_the_same_result_and_leaves_the_vae_as_it_was(tiny):
     model, x0, boxes, embedder, reference = tiny
     results = []
@@ -248,6 +335,53 @@ def test_sampler_refines_only_the_configured_steps(tiny):
     assert len(refiner.losses) == 2 and (plain - refined).abs().max() > 1e-4
 
 
+def test_refine_window_sets_one_tile_of_all_frames_or_keeps_the_tiles():
+    settings = SamplerSettings(tile_size=16, tile_overlap=4)
+    single = refine_window(settings, "single", 40)
+    assert (single.tile_size, single.tile_overlap) == (40, 4) and single.steps == settings.steps
+    assert refine_window(settings, "single", 3).tile_size == 3
+    assert refine_window(settings, "tiles", 40) is settings
+    with pytest.raises(MarionetteError, match="Unknown HJB window 'all'"):
+        refine_window(settings, "all", 40)
+
+
+@pytest.mark.parametrize("variant", ["stableanimator", "mimicmotion"])
+def test_single_window_samples_all_frames_in_each_unet_call(variant):
+    """'single' (the official HJB script: tile_size = number of frames) gives the UNet every sampled frame
+    (MimicMotion's anchor included) in each call, whatever the sampler's tile; 'tiles' keeps the tiles."""
+    model = SVDAnimation(tiny_animation_model(variant, seed=2), variant, tiny=True)
+    frames = 5
+    sampled = frames + (variant == "mimicmotion")
+    gen = torch.Generator().manual_seed(3)
+    reference = torch.rand(1, H, W, 3, generator=gen)
+    poses = torch.rand(frames, H, W, 3, generator=gen)
+    masks = torch.zeros(frames, H, W)
+    masks[:, 10:40, 12:44] = 1.0
+    embedder = tiny_embedder(1)
+    face = reference_embedding(embedder, reference[0], (10, 40, 12, 44))
+    settings = SamplerSettings.preset(variant, steps=2, cfg_min=1.0, cfg_max=1.0, tile_size=2, tile_overlap=1,
+                                      seed=4)
+    seen = []
+    hook = model.unet.register_forward_pre_hook(lambda module, args, kwargs: seen.append(args[0].shape[1]),
+                                                with_kwargs=True)
+    try:
+        runs = {}
+        for name, window, run_settings in (("single", "single", settings), ("tiles", "tiles", settings),
+                                           ("one tile", "tiles", replace(settings, tile_size=sampled))):
+            seen.clear()
+            refine = FaceRefine(embedder, face, masks, RefineSettings(iterations=1), tiny=True, window=window)
+            result = animate_svd(model, reference, poses, run_settings, device=torch.device("cpu"), refine=refine)
+            runs[name] = (result, list(seen))
+    finally:
+        hook.remove()
+    assert runs["single"][1] and set(runs["single"][1]) == {sampled}
+    assert set(runs["tiles"][1]) == {2}
+    assert len(runs["single"][0].face_losses) == 2
+    # the same run as the sampler with one tile of all frames, and another video than the tiled one
+    assert torch.equal(runs["single"][0].latents, runs["one tile"][0].latents)
+    assert (runs["single"][0].latents - runs["tiles"][0].latents).abs().max() > 1e-3
+
+
 def test_errors_are_clear(tiny):
     model, x0, boxes, embedder, reference = tiny
     with pytest.raises(MarionetteError, match="No frame has a face box"):
@@ -269,7 +403,8 @@ def test_target_face_masks_come_from_the_face_landmarks_or_the_head():
     import numpy as np
 
     from marionette.models.pose.types import empty_frame
-    from marionette.models.vision.face_detect import FACE_EXPAND, face_box_from_pose, pose_face_mask
+    from marionette.models.vision.face_detect import (FACE_EXPAND, Face, face_box_and_mask, face_box_from_pose,
+                                                      pose_face_mask)
     frame = empty_frame(200, 300, people=2)
     grid = np.meshgrid(np.linspace(80, 120, 17), np.linspace(60, 110, 4))
     frame.face[0, :, :2] = np.stack(grid, -1).reshape(-1, 2)[:68]
@@ -283,4 +418,9 @@ def test_target_face_masks_come_from_the_face_landmarks_or_the_head():
     centre_y, centre_x = (found[0] + found[1]) / 2, (found[2] + found[3]) / 2
     assert abs(centre_x - 100) < 2 and 60 < centre_y < 85  # moved up towards the hair line
     assert 40 < found[3] - found[2] + 1 <= 40 * FACE_EXPAND + 2
+    assert found[0] < 60 and found[1] > 100  # brow line inside; the mask's soft rim (not 255) is left out
+    # the reference's box comes from LoadReference's face_mask, drawn the same way around the detector's
+    # brow-to-chin box: a face with that box gets the same crop framing as the landmarks give the targets
+    reference = face_box_and_mask((300, 200), [Face(0.9, np.array([80.0, 60, 120, 110]), np.zeros((6, 2)))])
+    assert face_box(torch.from_numpy(reference.mask)) == found
     assert not pose_face_mask(empty_frame(200, 300, people=1)).any()

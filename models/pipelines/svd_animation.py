@@ -22,7 +22,7 @@ from torch import nn
 from ..errors import MarionetteError
 from ..mimicmotion.pose_net import pose_images_to_input
 from ..stableanimator.face_encoder import null_unet_context, unet_context
-from ..stableanimator.hjb import FaceRefiner, RefineSettings, face_boxes
+from ..stableanimator.hjb import FaceRefiner, RefineSettings, face_boxes, refine_window
 from ..stableanimator.id_adapter import NUM_FACE_TOKENS
 from ..svd.conditioning import clip_image_embedding, decode_latents, reference_latent
 from ..svd.sampler import SamplerSettings, sample, seeded_generator
@@ -62,6 +62,7 @@ class FaceRefine:
     target_masks: torch.Tensor   # [F, H, W] one face mask per output frame
     settings: RefineSettings
     tiny: bool                   # the tiny random R100 (fits only the tiny test model)
+    window: str = "single"       # "single": all frames in one UNet window (official); "tiles": the sampler's
 
 
 @dataclass
@@ -124,6 +125,8 @@ def animate_svd(model: SVDAnimation, reference: torch.Tensor, pose_images: torch
     dtype = model.get_dtype()
     unet, extra = _controlled_unet(model, dispose, poses.shape[0], size)
     refiner = None if refine is None else _face_refiner(model, refine, pose_images, device, check)
+    if refine is not None:
+        settings = refine_window(settings, refine.window, poses.shape[0])
 
     reference = reference.float().cpu()
     clip = clip_image_embedding(model.image_encoder, reference, model.clip_mean, model.clip_std)

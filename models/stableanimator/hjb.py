@@ -11,6 +11,13 @@ clamped to [-1, 1] as 8-bit output would be, crop_k is the frame's face box (inc
 bilinearly resized to 112² without alignment, and R100 is the ArcFace IResNet of `glintr100_torch.pth`.
 The Euler step then uses the refined x0. This is the official `EulerDiscreteSchedulerPro.step` maths.
 
+Face boxes follow the official reading of its 8-bit PNG masks: a pixel is face only where the mask is full
+(255, i.e. a MASK value v with round(v·255) = 255); the box spans all such pixels. Soft edges do not count.
+
+Precision: the decoded frames, crops and the cosine are computed in the VAE's / R100's own dtype, never
+below float32 (the official code upcasts the decoded frames to float32), so a float64 run is float64
+throughout and reproduces the official maths to rounding.
+
 Differences from the official code (none changes the gradient):
 - the loss is back-propagated one decode chunk at a time and the gradients summed before the Adam step,
   so memory holds one chunk's graph instead of all frames' (the official code runs out of memory on 24 GB);
@@ -18,11 +25,14 @@ Differences from the official code (none changes the gradient):
 - frames without a face box are left out of the mean (the official script stops on them); chunks without
   any face are not decoded at all;
 - the decoder runs in the VAE's dtype (the official HJB mode runs everything in float32; load the model
-  in fp32 for that), with gradient checkpointing on by default as in the official HJB mode.
+  in fp32 for that), with gradient checkpointing on by default as in the official HJB mode;
+- masks of another size than the video are resized (nearest) to it; the official script requires masks
+  at the video size.
 """
 from __future__ import annotations
 
 import copy
+import dataclasses
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable
@@ -31,10 +41,13 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import MarionetteError
-from ..svd.conditioning import decode_latents
+from ..svd.sampler import SamplerSettings
 from .iresnet import FACE_SIZE
 
 Box = tuple[int, int, int, int]  # (y_min, y_max, x_min, x_max), inclusive pixel bounds
+# How the denoiser covers the video during an HJB run: "single" = one window of all frames, as the official
+# HJB script (tile_size = number of frames); "tiles" = the sampler's own overlapping windows.
+REFINE_WINDOWS = ("single", "tiles")
 
 
 @dataclass(frozen=True)
@@ -68,25 +81,44 @@ class RefineSettings:
         return self.start_step <= step <= self.end_step
 
 
-def face_box(mask: torch.Tensor, threshold: float = 0.5) -> Box | None:
-    """Bounding box of the mask's face pixels (value >= threshold) [H, W] as inclusive bounds, or None."""
+def refine_window(settings: SamplerSettings, window: str, frames: int) -> SamplerSettings:
+    """The sampler settings of an HJB run over `frames` sampled frames: "single" sets the tile to all frames
+    (one UNet window; the start noise is then drawn for every frame, as in the official HJB script),
+    "tiles" keeps the sampler's tile size and overlap."""
+    if window not in REFINE_WINDOWS:
+        raise MarionetteError(f"Unknown HJB window {window!r}.", f"Use one of: {', '.join(REFINE_WINDOWS)}.")
+    if window == "tiles":
+        return settings
+    tile = max(int(frames), 2)  # the sampler shrinks a tile longer than the video to the video
+    return dataclasses.replace(settings, tile_size=tile, tile_overlap=min(settings.tile_overlap, tile - 1))
+
+
+def face_pixels(mask: torch.Tensor) -> torch.Tensor:
+    """Where a mask (values 0..1) is full: its 8-bit value is 255, the only value the official code counts
+    (it reads PNG masks, divides by 255 and keeps pixels equal to 1). Soft edges are not face."""
+    return torch.round(mask.double().clamp(0, 1) * 255) == 255
+
+
+def face_box(mask: torch.Tensor) -> Box | None:
+    """Bounding box of the mask's full pixels (`face_pixels`) [H, W] as inclusive bounds, or None."""
     if mask.ndim != 2:
         raise MarionetteError(f"A face mask must be [H, W], got {tuple(mask.shape)}.", "Pass one mask per frame.")
-    ys, xs = torch.nonzero(mask >= threshold, as_tuple=True)
+    ys, xs = torch.nonzero(face_pixels(mask), as_tuple=True)
     if ys.numel() == 0:
         return None
     return int(ys.min()), int(ys.max()), int(xs.min()), int(xs.max())
 
 
-def face_boxes(masks: torch.Tensor, size: tuple[int, int], threshold: float = 0.5) -> list[Box | None]:
-    """Per-frame boxes of a MASK batch [F, H, W], resized (nearest) to the video `size` = (H, W) first."""
+def face_boxes(masks: torch.Tensor, size: tuple[int, int]) -> list[Box | None]:
+    """Per-frame boxes of a MASK batch [F, H, W] at the video `size` = (H, W): the full pixels of each mask,
+    read at its own resolution, resized (nearest) to the video when the sizes differ."""
     if masks.ndim != 3 or masks.shape[0] < 1:
         raise MarionetteError(f"Face masks must be a [frames, H, W] batch, got {tuple(masks.shape)}.",
                               "Connect a MASK batch with one face mask per output frame.")
-    masks = masks.float()
-    if tuple(masks.shape[-2:]) != tuple(size):
-        masks = F.interpolate(masks[:, None], size=tuple(size), mode="nearest")[:, 0]
-    return [face_box(mask, threshold) for mask in masks]
+    full = face_pixels(masks).float()
+    if tuple(full.shape[-2:]) != tuple(size):
+        full = F.interpolate(full[:, None], size=tuple(size), mode="nearest")[:, 0]
+    return [face_box(mask) for mask in full]
 
 
 def crop_faces(frames: torch.Tensor, boxes: list[Box]) -> torch.Tensor:
@@ -96,16 +128,35 @@ def crop_faces(frames: torch.Tensor, boxes: list[Box]) -> torch.Tensor:
     return torch.cat(crops)
 
 
+def working_dtype(dtype: torch.dtype) -> torch.dtype:
+    """`dtype`, raised to float32 where it is narrower (the official code upcasts decoded frames to float32
+    and runs the HJB R100 in float32); float64 stays float64."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 def reference_embedding(embedder: torch.nn.Module, image: torch.Tensor, box: Box) -> torch.Tensor:
-    """The reference face's embedding [D]: image [3, H, W] (or [H, W, 3]) in 0..1, its face box."""
+    """The reference face's embedding [D]: image [3, H, W] (or [H, W, 3]) in 0..1, its face box.
+    Returned in the R100's dtype, at least float32."""
     if image.ndim != 3:
         raise MarionetteError(f"The reference must be one image, got {tuple(image.shape)}.", "Pass one frame.")
     if image.shape[0] != 3:
         image = image.permute(2, 0, 1)
     parameter = next(embedder.parameters())
-    pixels = (image.float() * 2 - 1).to(parameter.device, parameter.dtype)
+    work = working_dtype(parameter.dtype)
+    pixels = (image.to(parameter.device, work) - 0.5) / 0.5
     with torch.no_grad():
-        return embedder(crop_faces(pixels[None], [box]))[0].float()
+        return embedder(crop_faces(pixels[None], [box]).to(parameter.dtype))[0].to(work)
+
+
+def decode_pixels(vae, latents: torch.Tensor, scaling_factor: float) -> torch.Tensor:
+    """UNet-space latents [n, 4, h, w] -> frames [n, 3, H, W] in [-1, 1], one temporal-decoder call, with
+    gradients, as the official HJB step post-processes them: upcast to at least float32, clamped to the 8-bit
+    range (x/2 + 0.5 in 0..1, no rounding), back to [-1, 1]. The clamp gives saturated pixels no gradient."""
+    parameter = next(vae.parameters())
+    scaled = latents.to(parameter.device, torch.promote_types(latents.dtype, parameter.dtype)) * (1 / scaling_factor)
+    frames = vae.decode(scaled.to(parameter.dtype), num_frames=latents.shape[0]).sample
+    frames = frames.to(working_dtype(frames.dtype))
+    return ((frames / 2 + 0.5).clamp(0, 1) - 0.5) / 0.5
 
 
 def with_trainable_weights(module: torch.nn.Module) -> torch.nn.Module:
@@ -179,7 +230,9 @@ class FaceRefiner:
     def _backward(self, latent: torch.Tensor) -> float:
         """Accumulate d loss / d latent chunk by chunk; returns the loss value."""
         faces = sum(box is not None for box in self.boxes)
-        reference = self.reference.to(latent.device)
+        parameter = next(self._embedder.parameters())
+        work = working_dtype(parameter.dtype)  # the cosine's dtype: the R100's, at least float32
+        reference = self.reference.to(parameter.device, work)
         total = 0.0
         chunk = self.settings.decode_chunk
         for start in range(0, latent.shape[0], chunk):
@@ -187,12 +240,9 @@ class FaceRefiner:
             keep = [k for k, box in enumerate(boxes) if box is not None]
             if not keep:
                 continue
-            part = latent[start:start + chunk]
-            frames = decode_latents(self._vae, part, part.shape[0], self.scaling_factor).permute(0, 3, 1, 2)
-            pixels = frames[keep] * 2 - 1  # decode_latents clamps to 0..1 as the 8-bit output does
-            parameter = next(self._embedder.parameters())
-            crops = crop_faces(pixels.to(parameter.device, parameter.dtype), [boxes[k] for k in keep])
-            embeddings = self._embedder(crops).float()
+            pixels = decode_pixels(self._vae, latent[start:start + chunk], self.scaling_factor)[keep]
+            crops = crop_faces(pixels, [boxes[k] for k in keep])  # in the decoded frames' dtype, as official
+            embeddings = self._embedder(crops.to(parameter.device, parameter.dtype)).to(work)
             cosine = F.cosine_similarity(embeddings, reference.expand_as(embeddings), dim=1, eps=1e-8)
             loss = (1 - cosine).abs().sum() / faces
             loss.backward()
