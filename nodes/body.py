@@ -4,15 +4,15 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..models.body.shape_align import PLACEMENTS, align_shape
+from ..models.body.shape_align import align_shape
 from ..models.errors import MarionetteError
 from ..models.pose.keypoint_json import pose_keypoint_to_frames
 from ..models.vision.image import to_rgb_uint8
 from .anny_setup import prepare_anny
+from .combos import BODY_MODEL, SHAPE_PLACEMENT, validate
 from .host import Progress, preview_ui, to_image_tensor
 from .model_paths import smplx_dir
 
-BODY_MODELS = ("Anny (embedded)", "SMPL-X")
 GENDERS = ("neutral", "female", "male")
 _models: dict = {}
 
@@ -24,12 +24,8 @@ def load_model(kind: str, gender: str = "neutral"):
     graph, so the model (which SMPLXFit differentiates through) is built outside it.
     """
     from ..models.body.loading import load_body_model
-    if kind in ("Anny (embedded)", "anny"):
-        key = ("anny", "neutral")
-    elif kind in ("SMPL-X", "smplx"):
-        key = ("smplx", gender)
-    else:
-        raise MarionetteError(f"Unknown body model '{kind}'.", f"Choose one of: {', '.join(BODY_MODELS)}.")
+    name = BODY_MODEL.key(kind, "body model")  # the node's choice (also as saved by earlier versions)
+    key = ("anny", "neutral") if name == "anny" else ("smplx", gender)
     if key not in _models:
         folder = smplx_dir(gender) if key[0] == "smplx" else None
         if key[0] == "anny":
@@ -69,7 +65,7 @@ class SMPLXFit:
         return {
             "required": {
                 "pose_keypoint": ("POSE_KEYPOINT", {"tooltip": "DWPoseExtract output (reference or driving)."}),
-                "body_model": (list(BODY_MODELS), {"default": BODY_MODELS[0]}),
+                "body_model": BODY_MODEL.input(),
                 "gender": (list(GENDERS), {"default": "neutral", "tooltip": "Which SMPL-X file to use."}),
                 "iterations": ("INT", {"default": 50, "min": 10, "max": 2000, "step": 10,
                                        "tooltip": "Optimiser steps per stage; more is slower and tighter."}),
@@ -82,6 +78,10 @@ class SMPLXFit:
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, body_model=None):
+        return validate(body_model=(BODY_MODEL, body_model))
 
     def fit(self, pose_keypoint, body_model, gender, iterations, temporal_smoothing, images=None,
             shape_from=None, unique_id=None):
@@ -128,10 +128,15 @@ class ShapeAlign:
         return {"required": {
             "driving_body": ("BODY_SEQUENCE",),
             "reference_body": ("BODY_SEQUENCE",),
-            "placement": (list(PLACEMENTS), {"default": PLACEMENTS[0]}),
+            "placement": SHAPE_PLACEMENT.input("Where the body stands in the reference picture."),
             "transfer_expression": ("BOOLEAN", {"default": True, "tooltip": "SMPL-X: use the reference's "
                                                 "facial expression (VividPose)."}),
         }}
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, placement=None):
+        return validate(placement=(SHAPE_PLACEMENT, placement))
+
     def align(self, driving_body, reference_body, placement, transfer_expression):
+        placement = SHAPE_PLACEMENT.value(placement, "placement")
         return (align_shape(driving_body, reference_body, placement, transfer_expression),)

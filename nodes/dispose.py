@@ -13,12 +13,11 @@ import folder_paths
 
 from ..models.errors import MarionetteError
 from ..models.pipelines.dispose import Correspondence, DisPoseGuidance, MotionField
+from .combos import MOTION_METHOD, validate
 from .host import DTYPE_CHOICES, Progress, check_interrupt, preview_ui, resolve_dtype, to_image_tensor
 from .model_paths import diffusers_folders, model_choices, require_model
 from .sockets import SVDControl
 
-CMP_METHOD = "CMP (official, ckpt_iter_42000.pth.tar)"
-FALLBACK_METHOD = "embedded fallback (keypoint interpolation in the person mask, no download)"
 TINY_CONTROLNET = "tiny random (no download, testing only)"
 TINY_SD = "tiny random SD1.5 (no download, testing only)"
 OFFICIAL_SD15 = "v1-5-pruned-emaonly.safetensors"
@@ -45,7 +44,8 @@ def _poses(reference_pose, aligned_pose):
 
 def _cmp_model(choice: str):
     from ..models.dispose.cmp import CMP_SOURCE, load_cmp
-    path = require_model("dispose", choice, CMP_SOURCE, f", or pick the method '{FALLBACK_METHOD}'")
+    path = require_model("dispose", choice, CMP_SOURCE,
+                         ", or pick the method 'fallback' (the embedded fallback, no download)")
     key = (path, os.path.getmtime(path))
     if key not in _CMP:
         _CMP.clear()
@@ -72,13 +72,17 @@ class DenseMotionField:
                 "reference_pose": ("POSE_KEYPOINT", {"tooltip": "DWPoseExtract on the reference image."}),
                 "aligned_pose": ("POSE_KEYPOINT", {"tooltip": "PoseAlign's aligned_pose (one per output frame)."}),
                 "reference_image": ("IMAGE", {"tooltip": "The reference at the video size."}),
-                "method": ([CMP_METHOD, FALLBACK_METHOD], {"default": CMP_METHOD}),
+                "method": MOTION_METHOD.input("How the keypoint motion becomes the dense field."),
                 "cmp_model": (model_choices("dispose", (CMP_FILE,)), {
                     "tooltip": "MOFA-Video's CMP checkpoint in models/dispose (used by the CMP method)."}),
             },
             "optional": {"person_mask": ("MASK", {"tooltip": "LoadReference's person_mask (fallback method)."})},
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, method=None):
+        return validate(method=(MOTION_METHOD, method))
 
     def build(self, reference_pose, aligned_pose, reference_image, method, cmp_model, person_mask=None,
               unique_id=None):
@@ -93,7 +97,8 @@ class DenseMotionField:
         image = reference_image[0].float().cpu().numpy()
         sparse = sparse_motion_field(frames, height, width)
         check_interrupt()
-        if method == CMP_METHOD:
+        method = MOTION_METHOD.key(method, "method")
+        if method == "cmp":
             cmp = _cmp_model(cmp_model)
             progress = Progress(len(frames) - 1, unique_id)
 
@@ -102,12 +107,10 @@ class DenseMotionField:
                 progress.bar.update_absolute(done, total)
 
             dense = dense_motion_field_cmp(cmp, image, frames, callback=report)
-        elif method == FALLBACK_METHOD:
+        else:
             mask = None if person_mask is None else person_mask[0].float().cpu()
             dense = dense_motion_field_fallback(frames, mask, height, width)
-        else:
-            raise MarionetteError(f"Unknown method '{method}'.", f"Pick '{CMP_METHOD}' or '{FALLBACK_METHOD}'.")
-        field = MotionField(dense, sparse, "cmp" if method == CMP_METHOD else "fallback")
+        field = MotionField(dense, sparse, method)
         dense_rgb, sparse_rgb = flow_to_rgb(dense), flow_to_rgb(sparse)
         ui = preview_ui(dense_rgb, prefix="marionette_flow")
         ui["marionette_motion"] = [{"frames": int(dense.shape[0]), "method": field.method,

@@ -12,11 +12,11 @@ import folder_paths
 from ..models.errors import MarionetteError
 from ..models.pipelines.svd_animation import SVDAnimation
 from .host import FACE_TOKENS_KEY, load_on_device
+from .combos import NO_FACE, validate
 from .model_paths import ANIMATION_SOURCES, FOLDERS, model_choices, require_model
 
 TINY_FACE_ENCODER = "tiny random (testing only)"
 OFFICIAL_FACE_ENCODER = ("Animation/face_encoder.pth",)
-NO_FACE_ERROR, NO_FACE_ZEROS = "error", "zeros, as the official code"
 _EMBEDDERS: dict[tuple, object] = {}  # loaded antelopev2 packs, reused across runs
 
 
@@ -89,10 +89,12 @@ class IDAdapterApply:
                 "tooltip": "StableAnimator's face_encoder.pth in models/animation; the tiny random one only "
                            "fits the tiny test model."}),
             "face_analysis": (["antelopev2"], {"tooltip": "insightface pack in models/insightface/models."}),
-            "no_face": ([NO_FACE_ERROR, NO_FACE_ZEROS], {
-                "tooltip": "Without a face: stop with an error, or go on with a zero embedding like the "
-                           "official code (the identity is then not preserved)."}),
+            "no_face": NO_FACE.input("When the reference shows no face:"),
         }}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, no_face=None):
+        return validate(no_face=(NO_FACE, no_face))
 
     def apply(self, model, reference_image, face_encoder, face_analysis, no_face):
         net = getattr(model, "model", None)
@@ -107,11 +109,11 @@ class IDAdapterApply:
             raise MarionetteError(f"Unknown face analysis pack '{face_analysis}'.", "Pick antelopev2.")
         image = _reference_uint8(reference_image)
         embedding, box = _embedder(_insightface_root()).largest_face_embedding(image)
-        if embedding is None and no_face != NO_FACE_ZEROS:
+        if embedding is None and NO_FACE.key(no_face, "no_face") != "zeros":
             raise MarionetteError(
                 "No face found in the reference image, so StableAnimator cannot keep the identity.",
                 "Use a reference where the face is visible and not tiny, or set no_face to "
-                f"'{NO_FACE_ZEROS}' to go on with a zero face embedding as the official code does.")
+                "'zeros' to go on with a zero face embedding as the official code does.")
         tokens = self._tokens(model, net, face_encoder, embedding, reference_image)
         patched = model.clone()
         patched.model_options[FACE_TOKENS_KEY] = tokens

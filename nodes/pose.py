@@ -10,15 +10,15 @@ from ..models.pose.draw import draw_frames as draw_pose_frames
 from ..models.pose.keypoint_json import frames_to_pose_keypoint
 from ..models.pose.types import PoseFrame
 from ..models.vision.image import to_rgb_uint8
+from .combos import DRAW_STYLE, POSE_BACKEND, validate
 from .host import Progress, preview_ui, to_image_tensor
 from .model_paths import mediapipe_dir, model_choices, require_model
 
-BACKENDS = ("embedded (BlazePose)", "DWPose (ONNX)")
-# node choice → (renderer, options): MimicMotion and StableAnimator trained their PoseNets on the same
+# draw style key → (renderer, options): MimicMotion and StableAnimator trained their PoseNets on the same
 # confidence-weighted drawing with swapped colour channels; OpenPose is controlnet_aux's look
-DRAW_STYLES = {"MimicMotion": ("mimicmotion", {"channel_order": "mimicmotion"}),
-               "StableAnimator": ("mimicmotion", {"channel_order": "stableanimator"}),
-               "OpenPose": ("openpose", {})}
+DRAW_STYLES = {"mimicmotion": ("mimicmotion", {"channel_order": "mimicmotion"}),
+               "stableanimator": ("mimicmotion", {"channel_order": "stableanimator"}),
+               "openpose": ("openpose", {})}
 YOLOX, DWPOSE = "yolox_l.onnx", "dw-ll_ucoco_384.onnx"
 DWPOSE_SOURCE = "Hugging Face repo yzd-v/DWPose, the files MimicMotion and controlnet_aux use"
 
@@ -54,9 +54,7 @@ def keep_parts(frame: PoseFrame, body: bool, hands: bool, face: bool) -> PoseFra
 
 def draw_frames(frames: list[PoseFrame], style: str, size: tuple[int, int] | None = None) -> np.ndarray:
     """Skeleton frames [F,H,W,3] in a node's draw style, at each frame's canvas size or `size` (w, h)."""
-    if style not in DRAW_STYLES:
-        raise MarionetteError(f"Unknown draw style '{style}'.", f"Choose one of: {', '.join(DRAW_STYLES)}.")
-    renderer, options = DRAW_STYLES[style]
+    renderer, options = DRAW_STYLES[DRAW_STYLE.key(style, "draw style")]
     width, height = size or (None, None)
     return draw_pose_frames(frames, renderer, width, height, **options)
 
@@ -64,7 +62,8 @@ def draw_frames(frames: list[PoseFrame], style: str, size: tuple[int, int] | Non
 class DWPoseExtract:
     DESCRIPTION = ("Finds the person in every frame and returns OpenPose-layout keypoints (body 18, hands, "
                    "face) as POSE_KEYPOINT (controlnet_aux format) plus rendered skeleton frames. "
-                   "'embedded' needs no download; 'DWPose (ONNX)' uses yolox_l.onnx + dw-ll_ucoco_384.onnx.")
+                   "Backend 'blazepose' (embedded) needs no download; 'dwpose' uses yolox_l.onnx + "
+                   "dw-ll_ucoco_384.onnx.")
     CATEGORY = "Marionette/Pose"
     FUNCTION = "extract"
     RETURN_TYPES = ("POSE_KEYPOINT", "IMAGE")
@@ -75,29 +74,28 @@ class DWPoseExtract:
         return {
             "required": {
                 "images": ("IMAGE", {"tooltip": "One image or a batch of video frames."}),
-                "backend": (list(BACKENDS), {"default": BACKENDS[0]}),
+                "backend": POSE_BACKEND.input(),
                 "detect_body": ("BOOLEAN", {"default": True}),
                 "detect_hands": ("BOOLEAN", {"default": True}),
                 "detect_face": ("BOOLEAN", {"default": True}),
-                "draw_style": (list(DRAW_STYLES), {"default": "MimicMotion", "tooltip":
-                               "MimicMotion / StableAnimator: the confidence-weighted, dimmed drawing each "
-                               "model's PoseNet was trained on (their colour channels differ). OpenPose: the "
-                               "standard controlnet_aux look."}),
+                "draw_style": DRAW_STYLE.input("Match the animation model that reads the skeleton."),
                 "bbox_detector": (model_choices("dwpose", (YOLOX,)), {"default": YOLOX}),
                 "pose_estimator": (model_choices("dwpose", (DWPOSE,)), {"default": DWPOSE}),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, backend=None, draw_style=None):
+        return validate(backend=(POSE_BACKEND, backend), draw_style=(DRAW_STYLE, draw_style))
+
     def extract(self, images, backend, detect_body, detect_hands, detect_face, draw_style,
                 bbox_detector, pose_estimator, unique_id=None):
         frames = to_rgb_uint8(images)
-        if backend == BACKENDS[0]:
+        if POSE_BACKEND.key(backend, "pose backend") == "blazepose":
             estimator = _embedded(detect_hands, detect_face)
-        elif backend == BACKENDS[1]:
-            estimator = _dwpose(bbox_detector, pose_estimator)
         else:
-            raise MarionetteError(f"Unknown pose backend '{backend}'.", f"Choose one of: {', '.join(BACKENDS)}.")
+            estimator = _dwpose(bbox_detector, pose_estimator)
         poses = estimator(frames, on_progress=Progress(len(frames), unique_id))
         poses = [keep_parts(p, detect_body, detect_hands, detect_face) for p in poses]
         keypoints = frames_to_pose_keypoint(poses)

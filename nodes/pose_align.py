@@ -9,11 +9,10 @@ from ..models.pose.align import (TRUST_LIMITS, apply_alignment, fit_alignment, j
 from ..models.pose.keypoint_json import frames_to_pose_keypoint, pose_keypoint_to_frames
 from ..models.vision.image import to_rgb_uint8
 from .host import preview_ui, to_image_tensor
-from .combos import DRAW_STYLE, validate
+from .combos import DRAW_STYLE, UNTRUSTED_FIT, validate
 from .pose import draw_frames
 
 
-UNTRUSTED = ("stop", "warn only")
 _TRUST_TIP = ("What to do when the fit is untrustworthy. In torso lengths of the reference (neck to mid-hip): "
               "warn above {residual[0]:.2f} / stop above {residual[1]:.2f} residual, neck off by {neck[0]:.2f} / "
               "{neck[1]:.2f}, torso scaled ×{torso[0]:.2f} / ×{torso[1]:.2f}; and {off0:.0f}% / {off1:.0f}% of the "
@@ -42,21 +41,20 @@ class PoseAlign:
                 "draw_style": DRAW_STYLE.input("Match the animation model that reads the skeleton."),
             },
             "optional": {"reference_image": ("IMAGE", {"tooltip": "For the overlay preview."}),
-                         "untrusted_fit": (list(UNTRUSTED), {"default": UNTRUSTED[0], "tooltip": _TRUST_TIP})},
+                         "untrusted_fit": UNTRUSTED_FIT.input(_TRUST_TIP)},
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, draw_style=None):
-        return validate(draw_style=(DRAW_STYLE, draw_style))
+    def VALIDATE_INPUTS(cls, draw_style=None, untrusted_fit=None):
+        return validate(draw_style=(DRAW_STYLE, draw_style), untrusted_fit=(UNTRUSTED_FIT, untrusted_fit))
 
-    def align(self, reference_pose, driving_pose, draw_style, reference_image=None, untrusted_fit=UNTRUSTED[0]):
+    def align(self, reference_pose, driving_pose, draw_style, reference_image=None, untrusted_fit="stop"):
         refs = pose_keypoint_to_frames(reference_pose)
         driving = pose_keypoint_to_frames(driving_pose)
         if not refs or not driving:
             raise MarionetteError("PoseAlign got an empty pose list.",
                                   "Connect DWPoseExtract outputs for the reference image and the driving frames.")
-        if untrusted_fit not in UNTRUSTED:
-            raise MarionetteError(f"Unknown untrusted_fit {untrusted_fit!r}.", f"Use one of {', '.join(UNTRUSTED)}.")
+        untrusted_fit = UNTRUSTED_FIT.key(untrusted_fit, "untrusted_fit")
         ref = refs[0]
         fit = fit_alignment(ref, driving)
         aligned = apply_alignment(fit, driving, (ref.width, ref.height))

@@ -10,10 +10,11 @@ from PIL import Image, ImageOps
 import folder_paths
 
 from ..models.errors import MarionetteError
-from ..models.reference import FIT_MODES, PRESET_NAMES, prepare_reference
+from ..models.reference import PRESET_NAMES, prepare_reference
 from ..models.vision.face_detect import FaceDetector
 from ..models.vision.image import to_rgb_uint8
 from ..models.vision.segmentation import PersonSegmenter
+from .combos import REFERENCE_FIT
 from .host import check_interrupt, to_image_tensor, to_mask_tensor
 from .model_paths import mediapipe_dir
 
@@ -80,10 +81,7 @@ class LoadReference:
                 "size": (list(PRESET_NAMES), {"default": "576x1024", "tooltip":
                          "576x1024 is the MimicMotion/StableAnimator portrait size; auto picks portrait or "
                          "landscape from the photo; custom uses width and height."}),
-                "fit": (list(FIT_MODES), {"default": "crop", "tooltip":
-                        "crop: cover and centre-crop (MimicMotion); crop person: centre on the person and keep "
-                        "the whole body (keypoints, hands, feet, head) when the crop can hold it; "
-                        "pad: letterbox; stretch; keep aspect: longest side to the target."}),
+                "fit": REFERENCE_FIT.input("How the photo is brought to the size."),
                 "width": ("INT", {"default": 576, "min": 64, "max": 4096, "step": 64}),
                 "height": ("INT", {"default": 1024, "min": 64, "max": 4096, "step": 64}),
             },
@@ -98,11 +96,11 @@ class LoadReference:
             return hashlib.sha256(f.read()).hexdigest()
 
     @classmethod
-    def VALIDATE_INPUTS(cls, image):
+    def VALIDATE_INPUTS(cls, image, fit=None):
         # an empty choice is fine: the IMAGE input may provide the picture (checked when running)
         if image and not folder_paths.exists_annotated_filepath(image):
             return f"Invalid image file: {image}"
-        return True
+        return REFERENCE_FIT.check(fit, "fit")
 
     def load(self, image, size, fit, width, height, reference_image=None):
         if reference_image is not None:
@@ -113,7 +111,7 @@ class LoadReference:
         else:
             raise MarionetteError("LoadReference has no image.", "Upload a photo or connect an IMAGE input.")
         check_interrupt()
-        ref = prepare_reference(picture, size, fit, _model(PersonSegmenter, SEGMENTER),
+        ref = prepare_reference(picture, size, REFERENCE_FIT.value(fit, "fit"), _model(PersonSegmenter, SEGMENTER),
                                 _model(FaceDetector, FACE_MODEL), _body_keypoints, custom=(width, height))
         h, w = ref.image.shape[:2]
         box = None if ref.face.box is None else [float(v) for v in ref.face.box]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .body import load_model
+from .combos import DRAW_STYLE, validate
 from .host import Progress, preview_ui, to_image_tensor, to_mask_tensor
 from .pose import DRAW_STYLES
 
@@ -24,8 +25,12 @@ class RenderGuidance:
     def INPUT_TYPES(cls):
         return {"required": {
             "body": ("BODY_SEQUENCE",),
-            "skeleton_style": (list(DRAW_STYLES), {"default": "MimicMotion"}),
+            "skeleton_style": DRAW_STYLE.input("Match the animation model that reads the skeleton."),
         }, "hidden": {"unique_id": "UNIQUE_ID"}}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, skeleton_style=None):
+        return validate(skeleton_style=(DRAW_STYLE, skeleton_style))
 
     def render(self, body, skeleton_style, unique_id=None):
         from ..models.body.posing import pose_sequence
@@ -36,7 +41,7 @@ class RenderGuidance:
         with GuidanceRenderer(cam.width, cam.height) as renderer:
             maps = renderer.render_sequence(posed.vertices, model.faces, cam, model.part_labels, maps=MAPS,
                                             on_progress=Progress(body.num_frames, unique_id))
-        renderer_name, options = DRAW_STYLES[skeleton_style]
+        renderer_name, options = DRAW_STYLES[DRAW_STYLE.key(skeleton_style, "skeleton style")]
         skeleton = skeleton_frames(posed.body18, posed.hands, posed.face, cam, style=renderer_name, **options)
         mask = maps["mask"].reshape(body.num_frames, cam.height, cam.width, -1)[..., 0] > 0
         preview = np.concatenate([maps["depth"], maps["normal"], maps["semantic"], skeleton], axis=2)

@@ -12,11 +12,11 @@ import folder_paths
 
 from ..models.errors import MarionetteError
 from ..models.pipelines.svd_animation import DECODE_CHUNKS, SVDAnimation, animate_svd
+from .combos import ANIMATION, validate
 from .host import DTYPE_CHOICES, FACE_TOKENS_KEY, Progress, check_interrupt, load_on_device, preview_ui, resolve_dtype
 from .model_paths import ANIMATION_SOURCES, FOLDERS, diffusers_folders, model_choices, require_model
 
 TINY_CHOICE = "tiny random (no download, testing only)"
-ANIMATIONS = {"MimicMotion": "mimicmotion", "StableAnimator": "stableanimator"}
 OFFICIAL_CHECKPOINTS = ("MimicMotion_1-1.pth", "Animation/unet.pth")
 STABLEANIMATOR_POSE_NET = "pose_net.pth"  # read from the folder of StableAnimator's unet.pth
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pth", ".pt")
@@ -76,17 +76,19 @@ class SVDAnimationLoader:
                 "tooltip": "SVD-xt: the stable-video-diffusion-img2vid-xt (or -1-1) diffusers folder in "
                            "models/diffusers, or ComfyUI's single file svd_xt.safetensors / svd_xt_1_1.safetensors "
                            "in models/checkpoints."}),
-            "animation": (list(ANIMATIONS), {"default": "MimicMotion"}),
+            "animation": ANIMATION.input("The animation weights on SVD-xt."),
             "checkpoint": (model_choices("animation", OFFICIAL_CHECKPOINTS), {
                 "tooltip": "MimicMotion_1-1.pth, or StableAnimator's Animation/unet.pth (pose_net.pth beside "
                            "it), in models/animation. Not used by the tiny model."}),
             "dtype": (DTYPE_CHOICES, {"default": "auto", "tooltip": "auto: ComfyUI's choice (fp32 on CPU)."}),
         }}
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, animation=None):
+        return validate(animation=(ANIMATION, animation))
+
     def load(self, svd_folder, animation, checkpoint, dtype):
-        if animation not in ANIMATIONS:
-            raise MarionetteError(f"Unknown animation model '{animation}'.", f"Pick one of {', '.join(ANIMATIONS)}.")
-        variant, torch_dtype = ANIMATIONS[animation], resolve_dtype(dtype)
+        variant, torch_dtype = ANIMATION.key(animation, "animation"), resolve_dtype(dtype)
         if svd_folder == TINY_CHOICE:
             from ..models.pipelines.svd_tiny import tiny_animation_model
             base = tiny_animation_model(variant, dtype=torch_dtype)

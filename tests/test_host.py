@@ -3,11 +3,9 @@ import os
 
 import pytest
 import torch
+from harness.node_list import pack_node_ids
 
-OUR_NODES = ("LoadReference", "DWPoseExtract", "PoseAlign", "SavePoseKeypoint", "SMPLXFit", "ShapeAlign",
-             "RenderGuidance", "SVDAnimationLoader", "SVDAnimateSampler",
-             "IDAdapterApply", "HJBFaceRefine", "DenseMotionField", "KeypointCorrespondence",
-             "DisPoseControlNetLoader", "DisPoseControlApply")
+OUR_NODES = pack_node_ids()  # the keys of our NODE_CLASS_MAPPINGS
 EMBEDDED = "embedded (BlazePose)"
 
 

@@ -1,12 +1,35 @@
 // Marionette frontend extension: a status line under our nodes after each run
-// (people found per frame, PoseAlign's fit, what LoadReference found) and a colour for our nodes.
+// (people found per frame, PoseAlign's fit, what LoadReference found), a colour for our nodes, and
+// combo values saved by earlier versions replaced by their current keys when a graph is opened.
 import { app } from "../../../scripts/app.js";
 
-const OUR_NODES = new Set(["LoadReference", "DWPoseExtract", "PoseAlign", "SavePoseKeypoint", "SMPLXFit",
-  "ShapeAlign", "RenderGuidance", "SVDAnimationLoader", "SVDAnimateSampler",
-  "IDAdapterApply", "HJBFaceRefine", "DenseMotionField", "KeypointCorrespondence", "DisPoseControlNetLoader",
-  "DisPoseControlApply"]);
-window.__marionette = { loaded: true, setup: false, seen: [] };
+// Our nodes are the ones in our menu category (the Python side's NODE_CLASS_MAPPINGS is the one list).
+const CATEGORY = "Marionette/";
+// Input option holding {value saved by an earlier version: key} (nodes/combos.py LEGACY_OPTION).
+const LEGACY_OPTION = "marionette_legacy_values";
+window.__marionette = { loaded: true, setup: false, seen: [], migrated: [] };
+
+function legacyMaps(nodeData) {
+  const maps = {};
+  for (const section of ["required", "optional"]) {
+    for (const [name, spec] of Object.entries(nodeData.input?.[section] || {})) {
+      const legacy = Array.isArray(spec) ? spec[1]?.[LEGACY_OPTION] : null;
+      if (legacy && Object.keys(legacy).length) maps[name] = legacy;
+    }
+  }
+  return maps;
+}
+
+function migrateWidgets(node, maps) {
+  for (const widget of node.widgets || []) {
+    const map = maps[widget.name];
+    if (map && Object.prototype.hasOwnProperty.call(map, widget.value)) {
+      const old = widget.value;
+      widget.value = map[old];
+      window.__marionette.migrated.push({ node: node.type, input: widget.name, from: old, to: widget.value });
+    }
+  }
+}
 
 function statusText(message) {
   if (message.marionette_people) {
@@ -76,8 +99,18 @@ app.registerExtension({
     window.__marionette.setup = true;
   },
   async beforeRegisterNodeDef(nodeType, nodeData) {
-    if (!OUR_NODES.has(nodeData.name)) return;
+    if (!nodeData.category?.startsWith(CATEGORY)) return;
     window.__marionette.seen.push(nodeData.name);
+    const maps = legacyMaps(nodeData);
+    if (Object.keys(maps).length) {
+      // configure() sets the saved widget values, then calls onConfigure (graph load, paste, undo)
+      const onConfigure = nodeType.prototype.onConfigure;
+      nodeType.prototype.onConfigure = function () {
+        const r = onConfigure?.apply(this, arguments);
+        migrateWidgets(this, maps);
+        return r;
+      };
+    }
     const onExecuted = nodeType.prototype.onExecuted;
     nodeType.prototype.onExecuted = function (message) {
       onExecuted?.apply(this, arguments);
