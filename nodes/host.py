@@ -1,7 +1,6 @@
 """The few ComfyUI services our nodes use, in one place: progress, cancel, previews, devices."""
 from __future__ import annotations
 
-import inspect
 import os
 import uuid
 
@@ -14,11 +13,11 @@ import folder_paths
 from PIL import Image
 
 from ..models.core.dtypes import DTYPES
+from .lowvram import place_leftovers
 
 
 FACE_TOKENS_KEY = "marionette_face_tokens"  # model_options entry of an SVD model clone: StableAnimator's identity
 DTYPE_CHOICES = ["auto", "fp16", "bf16", "fp32"]
-_LOAD_PARAMS = inspect.signature(mm.load_models_gpu).parameters
 
 
 def resolve_dtype(choice: str) -> torch.dtype:
@@ -31,11 +30,20 @@ def resolve_dtype(choice: str) -> torch.dtype:
     return dtype if dtype in DTYPES.values() else torch.float16
 
 
-def load_on_device(*patchers) -> None:
-    """Let ComfyUI make room and move the models. Full load: diffusers layers are plain torch layers, which
-    2025 hosts would leave on the CPU without casting in a partial (low-VRAM) load."""
-    kwargs = {"force_full_load": True} if "force_full_load" in _LOAD_PARAMS else {}
-    mm.load_models_gpu(list(patchers), **kwargs)
+def load_on_device(*patchers, memory_required: float = 0) -> None:
+    """Let ComfyUI make room and move the models, fully or, when VRAM is short, partially (ComfyUI's
+    low-VRAM mode; see nodes/lowvram.py); then put what a partial load leaves behind on the device.
+    `memory_required`: bytes the work needs besides the weights (activations), kept free by ComfyUI."""
+    mm.load_models_gpu(list(patchers), memory_required=memory_required)
+    for patcher in patchers:
+        place_leftovers(patcher.model, patcher.load_device)
+
+
+def unet_memory_required(batch: int, height: int, width: int, dtype: torch.dtype, factor: float = 2.0) -> float:
+    """Activation memory (bytes) of one UNet call on `batch` images of height x width pixels: ComfyUI's own
+    estimate for its UNets (BaseModel.memory_required; memory_usage_factor 2.0 for SVD, 1.0 for SD1.5)."""
+    area = batch * (height // 8) * (width // 8)
+    return area * torch.finfo(dtype).bits / 8 * 0.01 * factor * 1024 * 1024
 
 
 class Progress:

@@ -32,5 +32,13 @@ def load_body_model(kind: str, model_dir: str | None = None, gender: str = "neut
         raise MarionetteError(f"Unknown body model {kind!r}.", f"Use one of: {', '.join(KINDS)}.")
     with _CACHE_LOCK:
         if key not in _CACHE:
+            for stale in [k for k in _CACHE if k[:2] == key[:2]]:  # the same file before it was replaced
+                del _CACHE[stale]
             _CACHE[key] = build()
         return _CACHE[key]
+
+
+def release_body_models() -> None:
+    """Forget every built body model (a host freeing memory); the next use builds it again."""
+    with _CACHE_LOCK:
+        _CACHE.clear()
