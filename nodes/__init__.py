@@ -1,6 +1,7 @@
 """ComfyUI node classes: thin wrappers that turn node inputs into `models/` calls."""
 from .body import ShapeAlign, SMPLXFit
 from .dispose import DenseMotionField, DisPoseControlApply, DisPoseControlNetLoader, KeypointCorrespondence
+from .example_inputs import ensure_example_inputs
 from .face_id import IDAdapterApply
 from .face_refine import HJBFaceRefine
 from .model_paths import register_folders
@@ -12,6 +13,7 @@ from .save import SavePoseKeypoint
 from .svd import SVDAnimateSampler, SVDAnimationLoader
 
 register_folders()
+ensure_example_inputs()  # the shipped workflows find their inputs in ComfyUI/input
 
 NODE_CLASS_MAPPINGS = {
     "LoadReference": LoadReference,

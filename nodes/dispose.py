@@ -17,6 +17,7 @@ from .combos import MOTION_METHOD, validate
 from .host import DTYPE_CHOICES, Progress, check_interrupt, preview_ui, resolve_dtype, to_image_tensor
 from .model_paths import diffusers_folders, model_choices, require_model
 from .sockets import SVDControl
+from .tiny_models import tiny_choices
 
 TINY_CONTROLNET = "tiny random (no download, testing only)"
 TINY_SD = "tiny random SD1.5 (no download, testing only)"
@@ -120,7 +121,7 @@ class DenseMotionField:
 
 class DisPoseControlNetLoader:
     DESCRIPTION = ("Loads DisPose's hybrid ControlNet (DisPose.pth, key-exact, weights only) from models/dispose, "
-                   f"or '{TINY_CONTROLNET}' for the tiny test MimicMotion model.")
+                   f"or '{TINY_CONTROLNET}' for the tiny test MimicMotion model (tests, MARIONETTE_TEST_MODELS=1).")
     CATEGORY = "Marionette/DisPose"
     FUNCTION = "load"
     RETURN_TYPES = ("DISPOSE_CONTROLNET",)
@@ -130,7 +131,7 @@ class DisPoseControlNetLoader:
     def INPUT_TYPES(cls):
         from ..models.dispose.controlnet import CHECKPOINT_NAME
         return {"required": {
-            "controlnet": ([TINY_CONTROLNET] + model_choices("dispose", (CHECKPOINT_NAME,)), {
+            "controlnet": (tiny_choices(TINY_CONTROLNET) + model_choices("dispose", (CHECKPOINT_NAME,)), {
                 "default": CHECKPOINT_NAME, "tooltip": "DisPose.pth in models/dispose."}),
             "dtype": (DTYPE_CHOICES, {"default": "auto"}),
         }}
@@ -180,7 +181,7 @@ class DisPoseControlApply:
 def _sd15_choices() -> list[str]:
     folders = [name for name in diffusers_folders() if "video" not in name.lower()]
     files = [f for f in folder_paths.get_filename_list("checkpoints") if "svd" not in os.path.basename(f).lower()]
-    return [TINY_SD] + folders + [f for f in files if f != OFFICIAL_SD15] + [OFFICIAL_SD15]
+    return tiny_choices(TINY_SD) + folders + [f for f in files if f != OFFICIAL_SD15] + [OFFICIAL_SD15]
 
 
 def _sd15(choice: str, dtype: torch.dtype):

@@ -14,6 +14,7 @@ from ..models.pipelines.svd_animation import SVDAnimation
 from .host import FACE_TOKENS_KEY, load_on_device
 from .combos import NO_FACE, validate
 from .model_paths import ANIMATION_SOURCES, FOLDERS, model_choices, require_model
+from .tiny_models import tiny_choices
 
 TINY_FACE_ENCODER = "tiny random (testing only)"
 OFFICIAL_FACE_ENCODER = ("Animation/face_encoder.pth",)
@@ -84,7 +85,7 @@ class IDAdapterApply:
         return {"required": {
             "model": ("SVD_ANIMATION_MODEL", {"tooltip": "A StableAnimator model from SVD Animation Loader."}),
             "reference_image": ("IMAGE", {"tooltip": "The same reference frame as the sampler's."}),
-            "face_encoder": ([TINY_FACE_ENCODER] + model_choices("animation", OFFICIAL_FACE_ENCODER), {
+            "face_encoder": (tiny_choices(TINY_FACE_ENCODER) + model_choices("animation", OFFICIAL_FACE_ENCODER), {
                 "default": OFFICIAL_FACE_ENCODER[0],
                 "tooltip": "StableAnimator's face_encoder.pth in models/animation; the tiny random one only "
                            "fits the tiny test model."}),

@@ -11,6 +11,7 @@ from ..models.errors import MarionetteError
 from ..models.pipelines.svd_animation import FaceRefine
 from .host import to_mask_tensor
 from .model_paths import model_choices, require_model
+from .tiny_models import tiny_choices
 
 TINY_FACE_MODEL = "tiny random (testing only)"
 OFFICIAL_FACE_MODEL = ("Animation/glintr100_torch.pth",)
@@ -79,7 +80,7 @@ class HJBFaceRefine:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "face_model": ([TINY_FACE_MODEL] + model_choices("animation", OFFICIAL_FACE_MODEL), {
+                "face_model": (tiny_choices(TINY_FACE_MODEL) + model_choices("animation", OFFICIAL_FACE_MODEL), {
                     "tooltip": "StableAnimator's Animation/glintr100_torch.pth in models/animation."}),
                 "reference_image": ("IMAGE", {"tooltip": "The reference image given to the sampler."}),
                 "reference_face_mask": ("MASK", {"tooltip": "LoadReference's face_mask; its box is the crop."}),

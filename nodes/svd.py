@@ -15,8 +15,10 @@ from ..models.pipelines.svd_animation import DECODE_CHUNKS, SVDAnimation, animat
 from .combos import ANIMATION, validate
 from .host import DTYPE_CHOICES, FACE_TOKENS_KEY, Progress, check_interrupt, load_on_device, preview_ui, resolve_dtype
 from .model_paths import ANIMATION_SOURCES, FOLDERS, diffusers_folders, model_choices, require_model
+from .tiny_models import tiny_choices
 
 TINY_CHOICE = "tiny random (no download, testing only)"
+OFFICIAL_SVD = "stable-video-diffusion-img2vid-xt"  # the diffusers folder the official scripts load
 OFFICIAL_CHECKPOINTS = ("MimicMotion_1-1.pth", "Animation/unet.pth")
 STABLEANIMATOR_POSE_NET = "pose_net.pth"  # read from the folder of StableAnimator's unet.pth
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pth", ".pt")
@@ -41,8 +43,7 @@ def _svd_folder_path(name: str) -> str:
     default = os.path.join(folder_paths.models_dir, "diffusers")
     raise MarionetteError(f"The SVD-xt folder '{name}' was not found in the 'diffusers' model folders.",
                           f"Put the stable-video-diffusion-img2vid-xt diffusers folder into {default} (or ComfyUI's "
-                          "svd_xt.safetensors into models/checkpoints), or pick "
-                          f"'{TINY_CHOICE}' to try the workflow without downloads.")
+                          "svd_xt.safetensors into models/checkpoints).")
 
 
 def _checkpoint_path(name: str, animation: str) -> str:
@@ -62,8 +63,8 @@ def _pose_net_path(unet_path: str, checkpoint: str) -> str:
 class SVDAnimationLoader:
     DESCRIPTION = ("Loads MimicMotion or StableAnimator on SVD-xt: the SVD-xt diffusers folder (VAE, CLIP image "
                    "encoder) from models/diffusers and the animation checkpoint from models/animation. "
-                   f"'{TINY_CHOICE}' builds a small untrained model so workflows run without downloads; its "
-                   "frames are noise.")
+                   f"Tests and the demo (with MARIONETTE_TEST_MODELS=1) can pick '{TINY_CHOICE}', a small "
+                   "untrained model whose frames are noise.")
     CATEGORY = "Marionette/Animation"
     FUNCTION = "load"
     RETURN_TYPES = ("SVD_ANIMATION_MODEL",)
@@ -72,7 +73,8 @@ class SVDAnimationLoader:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "svd_folder": ([TINY_CHOICE] + diffusers_folders() + _svd_single_files(), {
+            "svd_folder": (tiny_choices(TINY_CHOICE) + [OFFICIAL_SVD] + [
+                    f for f in diffusers_folders() + _svd_single_files() if f != OFFICIAL_SVD], {
                 "tooltip": "SVD-xt: the stable-video-diffusion-img2vid-xt (or -1-1) diffusers folder in "
                            "models/diffusers, or ComfyUI's single file svd_xt.safetensors / svd_xt_1_1.safetensors "
                            "in models/checkpoints."}),

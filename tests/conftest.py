@@ -9,6 +9,7 @@ import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
+os.environ.setdefault("MARIONETTE_TEST_MODELS", "1")  # the tiny test models are combo choices (nodes/tiny_models.py)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/harness importable as `harness`
 from harness import ROOT  # noqa: E402,F401  (also registers the `marionette` library alias)

@@ -5,23 +5,39 @@ import os
 
 import pytest
 from harness import ROOT
-from harness.media import write_media
+from harness.browser import unexpected_failures
 from harness.workflow import to_api
 from test_host import OUR_NODES
 
 WORKFLOWS = sorted(glob.glob(str(ROOT / "workflows" / "*.json")))
+EXAMPLE_INPUTS = sorted(os.listdir(ROOT / "workflows" / "inputs"))
 
 
 @pytest.fixture(scope="module")
-def page(comfy_server, comfy_host, synthetic):
-    write_media(os.path.join(comfy_server.base, "input"), synthetic)
+def page(comfy_server, comfy_host):
+    """The frontend of a ComfyUI as a user has it: the workflows' inputs are the ones the pack put into
+    the input folder when it was imported, and no tiny test model is offered."""
     from harness.browser import frontend
-    with frontend(comfy_server, OUR_NODES) as (page, console):
-        yield page, console
+    with frontend(comfy_server, OUR_NODES) as page_console_network:
+        yield page_console_network
+
+
+def test_the_pack_put_the_example_inputs_into_the_input_folder(comfy_server):
+    assert EXAMPLE_INPUTS == ["marionette_driving.mp4", "marionette_reference.png"]
+    for name in EXAMPLE_INPUTS:
+        assert os.path.getsize(os.path.join(comfy_server.base, "input", name)) > 1000, name
+
+
+def test_a_users_ui_offers_no_tiny_test_model(comfy_server):
+    info = comfy_server.get("/object_info")
+    for name in OUR_NODES:
+        for spec in {**info[name]["input"]["required"], **info[name]["input"].get("optional", {})}.values():
+            if isinstance(spec[0], list):
+                assert not [c for c in spec[0] if "tiny" in str(c)], (name, spec[0])
 
 
 def test_extension_runs_and_every_node_type_registers(page):
-    p, console = page
+    p, console, network = page
     state = p.evaluate("""() => ({
         marionette: window.__marionette,
         extensions: (window.app.extensions || []).map(e => e.name),
@@ -36,8 +52,10 @@ def test_workflows_exist():
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=os.path.basename)
-def test_workflow_loads_with_no_missing_node_types(page, path, comfy_host, artifacts_dir):
-    p, console = page
+def test_workflow_loads_with_no_missing_node_types_or_failed_requests(page, path, comfy_host, comfy_server,
+                                                                     artifacts_dir):
+    p, console, network = page
+    before = len(network)
     with open(path) as f:
         workflow = json.load(f)
     result = p.evaluate("""async (wf) => {
@@ -51,6 +69,8 @@ def test_workflow_loads_with_no_missing_node_types(page, path, comfy_host, artif
     p.wait_for_timeout(500)
     p.screenshot(path=os.path.join(artifacts_dir, f"workflow_{os.path.basename(path)[:-5]}.png"))
     assert result["missing"] == [] and result["count"] == len(workflow["nodes"])
+    # the previews of the example inputs load (a missing input file is a 404 per preview)
+    assert unexpected_failures(network[before:], comfy_server.url) == []
     # our offline UI→API conversion (used by the demo) agrees with the frontend's own
     ours = to_api(workflow, comfy_host.nodes.NODE_CLASS_MAPPINGS)
     theirs = result["output"]
@@ -59,7 +79,7 @@ def test_workflow_loads_with_no_missing_node_types(page, path, comfy_host, artif
 
 
 def test_pose_workflow_queued_from_the_ui_runs(page, comfy_server, artifacts_dir):
-    p, console = page
+    p, console, network = page
     path = str(ROOT / "workflows" / "pose_extraction.json")
     with open(path) as f:
         workflow = json.load(f)
@@ -81,3 +101,4 @@ def test_pose_workflow_queued_from_the_ui_runs(page, comfy_server, artifacts_dir
     assert last
     from harness.browser import unexpected_errors
     assert unexpected_errors(console) == []
+    assert unexpected_failures(network, comfy_server.url) == []  # from the first page load on

@@ -7,16 +7,18 @@ import numpy as np
 import pytest
 from harness import ROOT
 from harness.media import read_video
-from harness.workflow import to_api
+from harness.workflow import TINY_MODELS, override, sync_widgets, to_api
+
+
+def shipped_prompt(host, name):
+    with open(ROOT / "workflows" / name) as f:
+        return to_api(json.load(f), host.nodes.NODE_CLASS_MAPPINGS)
 
 
 def run_workflow(host, name, overrides=None):
-    """Runs a shipped workflow (widget `overrides` by class type); returns the result and a map
-    class_type → node ids."""
-    with open(ROOT / "workflows" / name) as f:
-        prompt = to_api(json.load(f), host.nodes.NODE_CLASS_MAPPINGS)
-    for node in prompt.values():
-        node["inputs"].update((overrides or {}).get(node["class_type"], {}))
+    """Runs a shipped workflow on the tiny test models (widget `overrides` by class type); returns the
+    result and a map class_type → node ids."""
+    prompt = override(shipped_prompt(host, name), TINY_MODELS, overrides or {})
     result = host.run(prompt)
     assert result.success, result.error
     ids = {}
@@ -87,13 +89,13 @@ def test_vividpose_guidance_workflow_runs_on_smplx_files(comfy_host, synthetic_m
 def test_missing_smplx_file_names_file_folder_and_licence(comfy_host, gender):
     prompt = {"1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0}},
               "2": {"class_type": "DWPoseExtract", "inputs": {
-                  "images": ["1", 0], "backend": "embedded (BlazePose)", "detect_body": True, "detect_hands": True,
-                  "detect_face": True, "draw_style": "MimicMotion", "bbox_detector": "yolox_l.onnx",
+                  "images": ["1", 0], "backend": "blazepose", "detect_body": True, "detect_hands": True,
+                  "detect_face": True, "draw_style": "mimicmotion", "bbox_detector": "yolox_l.onnx",
                   "pose_estimator": "dw-ll_ucoco_384.onnx"}},
-              "3": {"class_type": "SMPLXFit", "inputs": {"pose_keypoint": ["2", 0], "body_model": "SMPL-X",
+              "3": {"class_type": "SMPLXFit", "inputs": {"pose_keypoint": ["2", 0], "body_model": "smplx",
                                                         "gender": gender, "iterations": 10,
                                                         "temporal_smoothing": 1.0}},
-              "4": {"class_type": "RenderGuidance", "inputs": {"body": ["3", 0], "skeleton_style": "MimicMotion"}},
+              "4": {"class_type": "RenderGuidance", "inputs": {"body": ["3", 0], "skeleton_style": "mimicmotion"}},
               "5": {"class_type": "PreviewImage", "inputs": {"images": ["4", 0]}}}
     result = comfy_host.run(prompt)
     assert not result.success
@@ -130,14 +132,13 @@ def antelopev2(comfy_host):
 # ones); the fake antelopev2 detector finds no face in the synthetic render, so the official zero embedding
 SMALL_STABLEANIMATOR = {"LoadReference": {"size": "custom", "width": 192, "height": 256},
                         "SVDAnimateSampler": {"steps": 2}, "HJBFaceRefine": {"iterations": 1},
-                        "IDAdapterApply": {"no_face": "zeros, as the official code"}}
+                        "IDAdapterApply": {"no_face": "zeros"}}
 
 
 @pytest.mark.parametrize("name,size", [("stableanimator.json", "576x1024"), ("stableanimator_hjb.json", "512x512")])
 def test_stableanimator_workflows_make_a_video_with_the_tiny_models(comfy_host, synthetic_media, antelopev2,
                                                                     name, size):
-    with open(ROOT / "workflows" / name) as f:
-        shipped = to_api(json.load(f), comfy_host.nodes.NODE_CLASS_MAPPINGS)
+    shipped = shipped_prompt(comfy_host, name)
     by_type = {node["class_type"]: node["inputs"] for node in shipped.values()}
     assert by_type["LoadReference"]["size"] == size
     assert by_type["SVDAnimateSampler"]["cfg_min"] == 3.0 and by_type["SVDAnimateSampler"]["seed"] == 23123134
@@ -161,3 +162,93 @@ def test_dispose_workflow_makes_a_video_with_the_tiny_models(comfy_host, synthet
     info = result.ui[ids["SVDAnimateSampler"][0]]["marionette_svd"][0]
     assert info["model"] == "mimicmotion" and info["tiny"]
     assert info["dispose"] == {"motion": "fallback", "strength": 1.0, "keypoints": True}
+
+
+SHIPPED = sorted(os.path.basename(p) for p in glob.glob(str(ROOT / "workflows" / "*.json")))
+EXAMPLE_INPUTS = ROOT / "workflows" / "inputs"
+
+
+def _combo_inputs(node_class):
+    spec = node_class.INPUT_TYPES()
+    inputs = {**spec.get("required", {}), **spec.get("optional", {})}
+    return {name: s[0] for name, s in inputs.items() if isinstance(s[0], list)}
+
+
+def test_tiny_models_are_choices_only_for_tests_and_the_demo(comfy_host, monkeypatch):
+    for enabled in (False, True):
+        if enabled:
+            monkeypatch.setenv("MARIONETTE_TEST_MODELS", "1")
+        else:
+            monkeypatch.delenv("MARIONETTE_TEST_MODELS", raising=False)
+        for class_type, table in TINY_MODELS.items():
+            choices = _combo_inputs(comfy_host.node_class(class_type))
+            for name, tiny in table.items():
+                if "tiny" in tiny:
+                    assert (tiny in choices[name]) == enabled, (class_type, name, enabled)
+                    assert not any("tiny" in c for c in choices[name]) or enabled
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_workflow_names_real_files_and_validates_as_a_user_opens_it(comfy_host, monkeypatch, name):
+    """A user's ComfyUI (no test models): every combo value is one the node offers now (no tiny model, no
+    value an earlier version saved), and the prompt passes ComfyUI's validation with the example inputs."""
+    monkeypatch.delenv("MARIONETTE_TEST_MODELS", raising=False)
+    with open(ROOT / "workflows" / name) as f:
+        outdated = sync_widgets(json.load(f), comfy_host.nodes.NODE_CLASS_MAPPINGS)
+    assert outdated == [], f"run .ci/sync_workflows.py: {outdated}"  # else the frontend's prompt differs
+    prompt = shipped_prompt(comfy_host, name)
+    for node_id, node in prompt.items():
+        for input_name, choices in _combo_inputs(comfy_host.node_class(node["class_type"])).items():
+            value = node["inputs"].get(input_name)
+            if value is not None and not isinstance(value, list):
+                assert value in choices, (name, node["class_type"], input_name, value)
+    valid, error, _, node_errors = comfy_host.loop.run_until_complete(
+        comfy_host.execution.validate_prompt("shipped-" + name, prompt, None))
+    assert valid, (error, node_errors)
+
+
+def test_a_generative_workflow_as_shipped_names_the_missing_weights(comfy_host, monkeypatch):
+    monkeypatch.delenv("MARIONETTE_TEST_MODELS", raising=False)
+    result = comfy_host.run(shipped_prompt(comfy_host, "mimicmotion.json"))
+    assert not result.success
+    message = result.error["exception_message"].replace("\\", "/")
+    assert "MimicMotion_1-1.pth" in message and "models/animation" in message and "tencent/MimicMotion" in message
+
+
+def _example_inputs_module():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("marionette_example_inputs", ROOT / "nodes" / "example_inputs.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_example_inputs_ship_small_and_are_what_the_workflows_open(comfy_host):
+    shipped = {p.name: p.stat().st_size for p in EXAMPLE_INPUTS.iterdir()}
+    assert set(shipped) == {"marionette_reference.png", "marionette_driving.mp4"}
+    assert sum(shipped.values()) < 1_000_000
+    opened = set()
+    for name in SHIPPED:
+        for node in shipped_prompt(comfy_host, name).values():
+            if node["class_type"] in ("LoadReference", "LoadVideo"):
+                opened.add(node["inputs"].get("image", node["inputs"].get("file")))
+    assert opened == set(shipped)
+    clip = read_video(str(EXAMPLE_INPUTS / "marionette_driving.mp4"))
+    assert clip.shape == (24, 512, 512, 3)
+    # the pack put them into the host's input folder when it was imported
+    assert all(os.path.isfile(os.path.join(comfy_host.input_dir, f)) for f in shipped)
+
+
+def test_example_inputs_are_copied_where_missing_and_never_replace_a_users_file(tmp_path):
+    module = _example_inputs_module()
+    users = tmp_path / "input" / "marionette_reference.png"
+    users.parent.mkdir()
+    users.write_bytes(b"the user's own picture")
+    assert module.install_example_inputs(str(users.parent)) == ["marionette_driving.mp4"]
+    assert users.read_bytes() == b"the user's own picture"
+    copied = tmp_path / "input" / "marionette_driving.mp4"
+    assert copied.read_bytes() == (EXAMPLE_INPUTS / "marionette_driving.mp4").read_bytes()
+    assert module.install_example_inputs(str(users.parent)) == []
+    assert sorted(os.listdir(users.parent)) == ["marionette_driving.mp4", "marionette_reference.png"]
+    fresh = tmp_path / "new" / "input"  # a folder that does not exist yet is made
+    assert module.install_example_inputs(str(fresh)) == ["marionette_driving.mp4", "marionette_reference.png"]

@@ -37,6 +37,7 @@ class ComfyServer:
                "--disable-auto-launch", "--disable-api-nodes", "--base-directory", self.base,
                "--database-url", "sqlite:///:memory:", "--log-stdout"]
         env = dict(os.environ, HF_HUB_OFFLINE="1", DO_NOT_TRACK="1", PYTHONUNBUFFERED="1")
+        env.pop("MARIONETTE_TEST_MODELS", None)  # the server shows what a user sees: no tiny test models
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(cmd, cwd=self.comfy_dir, stdout=self._log, stderr=subprocess.STDOUT, env=env)
         deadline = time.time() + timeout

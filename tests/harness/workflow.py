@@ -75,3 +75,62 @@ def to_api(ui: dict, node_classes: dict) -> dict:
         prompt[str(node["id"])] = {"class_type": kind, "inputs": inputs,
                                    "_meta": {"title": node.get("title", kind)}}
     return prompt
+
+
+# The shipped workflows name the real model files; tests and the demo swap in the untrained tiny models
+# (combo choices only with MARIONETTE_TEST_MODELS=1, see nodes/tiny_models.py) and DisPose's download-free
+# motion-field fallback.
+TINY_MODELS = {
+    "SVDAnimationLoader": {"svd_folder": "tiny random (no download, testing only)"},
+    "IDAdapterApply": {"face_encoder": "tiny random (testing only)"},
+    "HJBFaceRefine": {"face_model": "tiny random (testing only)"},
+    "DisPoseControlNetLoader": {"controlnet": "tiny random (no download, testing only)"},
+    "KeypointCorrespondence": {"sd15": "tiny random SD1.5 (no download, testing only)"},
+    "DenseMotionField": {"method": "fallback"},
+}
+
+
+def override(prompt: dict, *overrides: dict) -> dict:
+    """Sets widget values by class type ({class_type: {input: value}}, later overrides win), in place."""
+    for node in prompt.values():
+        for table in overrides:
+            node["inputs"].update(table.get(node["class_type"], {}))
+    return prompt
+
+
+LEGACY_OPTION = "marionette_legacy_values"  # nodes/combos.py: {value an earlier version saved: key}
+
+
+def sync_widgets(ui: dict, node_classes: dict) -> list[str]:
+    """Brings a UI workflow up to the nodes' current INPUT_TYPES, in place, as the frontend would on
+    opening it and saving it again: values an earlier version saved become the current keys, and widget
+    inputs added since then get their defaults. Returns what changed."""
+    changes = []
+    for node in ui["nodes"]:
+        kind, values = node["type"], node.get("widgets_values")
+        if kind not in node_classes or not isinstance(values, list):
+            continue
+        i = 0
+        for name, spec in _widget_inputs(node_classes[kind].INPUT_TYPES()):
+            opts = spec[1] if len(spec) > 1 else {}
+            if i >= len(values):  # an input added after the workflow was saved
+                default = opts.get("default", spec[0][0] if isinstance(spec[0], list) else None)
+                values.append(default)
+                entry = {"localized_name": name, "name": name, "type": "COMBO" if isinstance(spec[0], list) else spec[0],
+                         "widget": {"name": name}, "link": None}
+                if name in node_classes[kind].INPUT_TYPES().get("optional", {}):
+                    entry["shape"] = 7  # the frontend's mark of an optional input
+                node.setdefault("inputs", []).append(entry)
+                changes.append(f"{kind}.{name}: default {default!r}")
+                i += 1
+                continue
+            legacy = opts.get(LEGACY_OPTION, {})
+            if isinstance(values[i], str) and values[i] in legacy:
+                changes.append(f"{kind}.{name}: {values[i]!r} -> {legacy[values[i]]!r}")
+                values[i] = legacy[values[i]]
+            i += 1
+            if _has_control(name, spec) and i < len(values) and values[i] in CONTROL_VALUES:
+                i += 1
+            if _has_upload(spec) and i < len(values) and values[i] in ("image", "video", "audio"):
+                i += 1
+    return changes
