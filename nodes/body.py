@@ -11,10 +11,20 @@ from ..models.vision.image import to_rgb_uint8
 from .anny_setup import prepare_anny
 from .combos import BODY_MODEL, SHAPE_PLACEMENT, validate
 from .host import Progress, preview_ui, to_image_tensor
+from .model_cache import file_key, on_release
 from .model_paths import smplx_dir
 
 GENDERS = ("neutral", "female", "male")
 _models: dict = {}
+
+
+def _release_body_models() -> None:
+    from ..models.body.loading import release_body_models
+    _models.clear()
+    release_body_models()
+
+
+on_release(_release_body_models)  # ComfyUI's "Unload models" / free memory drops the body models too
 
 
 def load_model(kind: str, gender: str = "neutral"):
@@ -25,9 +35,12 @@ def load_model(kind: str, gender: str = "neutral"):
     """
     from ..models.body.loading import load_body_model
     name = BODY_MODEL.key(kind, "body model")  # the node's choice (also as saved by earlier versions)
-    key = ("anny", "neutral") if name == "anny" else ("smplx", gender)
+    folder = smplx_dir(gender) if name == "smplx" else None
+    # SMPL-X: keyed by its files' (path, mtime, size), so a replaced file is loaded again
+    key = ("anny", "neutral") if name == "anny" else ("smplx", gender, file_key(folder))
     if key not in _models:
-        folder = smplx_dir(gender) if key[0] == "smplx" else None
+        for stale in [k for k in _models if k[:2] == key[:2]]:
+            del _models[stale]
         if key[0] == "anny":
             prepare_anny()  # first use: anny's data is built with the node's progress bar and Cancel
         with torch.inference_mode(False):

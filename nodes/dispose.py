@@ -7,14 +7,14 @@ import numpy as np
 import torch
 from torch import nn
 
-import comfy.model_management as mm
-import comfy.model_patcher
 import folder_paths
 
 from ..models.errors import MarionetteError
 from ..models.pipelines.dispose import Correspondence, DisPoseGuidance, MotionField
 from .combos import MOTION_METHOD, validate
-from .host import DTYPE_CHOICES, Progress, check_interrupt, preview_ui, resolve_dtype, to_image_tensor
+from .host import (DTYPE_CHOICES, Progress, check_interrupt, load_on_device, preview_ui, resolve_dtype, to_image_tensor,
+                   unet_memory_required)
+from .model_cache import cached, file_key, files_key, managed
 from .model_paths import diffusers_folders, model_choices, require_model
 from .sockets import SVDControl
 from .tiny_models import tiny_choices
@@ -22,8 +22,6 @@ from .tiny_models import tiny_choices
 TINY_CONTROLNET = "tiny random (no download, testing only)"
 TINY_SD = "tiny random SD1.5 (no download, testing only)"
 OFFICIAL_SD15 = "v1-5-pruned-emaonly.safetensors"
-_CMP: dict[tuple, nn.Module] = {}
-_SD15: dict[tuple, object] = {}
 
 
 class DisPoseControlNetModel(nn.Module):
@@ -47,11 +45,7 @@ def _cmp_model(choice: str):
     from ..models.dispose.cmp import CMP_SOURCE, load_cmp
     path = require_model("dispose", choice, CMP_SOURCE,
                          ", or pick the method 'fallback' (the embedded fallback, no download)")
-    key = (path, os.path.getmtime(path))
-    if key not in _CMP:
-        _CMP.clear()
-        _CMP[key] = load_cmp(path)
-    return _CMP[key]
+    return cached("cmp", file_key(path), lambda: load_cmp(path))  # a ModelPatcher: ComfyUI moves CMP
 
 
 class DenseMotionField:
@@ -101,13 +95,14 @@ class DenseMotionField:
         method = MOTION_METHOD.key(method, "method")
         if method == "cmp":
             cmp = _cmp_model(cmp_model)
+            load_on_device(cmp)  # CMP runs on ComfyUI's device
             progress = Progress(len(frames) - 1, unique_id)
 
             def report(done, total):
                 check_interrupt()
                 progress.bar.update_absolute(done, total)
 
-            dense = dense_motion_field_cmp(cmp, image, frames, callback=report)
+            dense = dense_motion_field_cmp(cmp.model, image, frames, callback=report)
         else:
             mask = None if person_mask is None else person_mask[0].float().cpu()
             dense = dense_motion_field_fallback(frames, mask, height, width)
@@ -136,6 +131,11 @@ class DisPoseControlNetLoader:
             "dtype": (DTYPE_CHOICES, {"default": "auto"}),
         }}
 
+    @classmethod
+    def IS_CHANGED(cls, controlnet=None, **kwargs):
+        """The file's fingerprint: DisPose.pth replaced under the same name is loaded again."""
+        return files_key(folder_paths.get_full_path("dispose", controlnet or ""))
+
     def load(self, controlnet, dtype):
         from ..models.dispose.controlnet import CHECKPOINT_SOURCE, load_dispose_controlnet
         torch_dtype = resolve_dtype(dtype)
@@ -146,8 +146,7 @@ class DisPoseControlNetLoader:
             path = require_model("dispose", controlnet, CHECKPOINT_SOURCE)
             module = load_dispose_controlnet(path, torch_dtype)
         container = DisPoseControlNetModel(module, tiny=controlnet == TINY_CONTROLNET)
-        return (comfy.model_patcher.ModelPatcher(container, load_device=mm.get_torch_device(),
-                                                 offload_device=mm.unet_offload_device()),)
+        return (managed(container),)
 
 
 class DisPoseControlApply:
@@ -184,25 +183,33 @@ def _sd15_choices() -> list[str]:
     return tiny_choices(TINY_SD) + folders + [f for f in files if f != OFFICIAL_SD15] + [OFFICIAL_SD15]
 
 
+class SD15Modules(nn.Module):
+    """SD1.5's UNet, VAE and text encoder in one module, so ComfyUI loads and offloads them together."""
+
+    def __init__(self, parts):
+        super().__init__()
+        self.unet, self.vae, self.text_encoder = parts.unet, parts.vae, parts.text_encoder
+        self.scaling_factor, self.dtype_ = parts.scaling_factor, parts.dtype
+
+    def get_dtype(self) -> torch.dtype:
+        return self.dtype_
+
+
 def _sd15(choice: str, dtype: torch.dtype):
+    """The SD1.5 ModelPatcher (SD15Modules), held while the file and dtype stay the same."""
     from ..models.sd15.loader import load_sd15
     from ..models.dispose.tiny import tiny_sd15
     if choice == TINY_SD:
-        key = (choice, dtype)
-    else:
-        path = folder_paths.get_full_path("checkpoints", choice)
-        if not path:
-            path = next((os.path.join(root, choice) for root in folder_paths.get_folder_paths("diffusers")
-                         if os.path.isdir(os.path.join(root, choice))), None)
-        if not path:
-            raise MarionetteError(f"SD1.5 '{choice}' was not found in models/checkpoints or models/diffusers.",
-                                  f"Put {OFFICIAL_SD15} into {os.path.join(folder_paths.models_dir, 'checkpoints')} "
-                                  "(or the stable-diffusion-v1-5 diffusers folder into models/diffusers).")
-        key = (path, dtype, os.path.getmtime(path))
-    if key not in _SD15:
-        _SD15.clear()
-        _SD15[key] = tiny_sd15(dtype=dtype) if choice == TINY_SD else load_sd15(key[0], dtype)
-    return _SD15[key]
+        return cached("sd15", (choice, str(dtype)), lambda: SD15Modules(tiny_sd15(dtype=dtype)))
+    path = folder_paths.get_full_path("checkpoints", choice)
+    if not path:
+        path = next((os.path.join(root, choice) for root in folder_paths.get_folder_paths("diffusers")
+                     if os.path.isdir(os.path.join(root, choice))), None)
+    if not path:
+        raise MarionetteError(f"SD1.5 '{choice}' was not found in models/checkpoints or models/diffusers.",
+                              f"Put {OFFICIAL_SD15} into {os.path.join(folder_paths.models_dir, 'checkpoints')} "
+                              "(or the stable-diffusion-v1-5 diffusers folder into models/diffusers).")
+    return cached("sd15", (file_key(path), str(dtype)), lambda: SD15Modules(load_sd15(path, dtype)))
 
 
 class KeypointCorrespondence:
@@ -235,19 +242,13 @@ class KeypointCorrespondence:
             raise MarionetteError(f"The reference image must be one frame, got shape {tuple(reference_image.shape)}.",
                                   "Connect LoadReference's image.")
         height, width = int(reference_image.shape[1]), int(reference_image.shape[2])
-        parts = _sd15(sd15, resolve_dtype("auto"))
-        device = mm.get_torch_device()
-        modules = (parts.unet, parts.vae, parts.text_encoder)
-        try:
-            for module in modules:
-                module.to(device)
-            text = prompt_embedding(parts.text_encoder)
-            check_interrupt()
-            features = dift_features(parts.unet, parts.vae, text, reference_image[0].permute(2, 0, 1).float(),
-                                     ensemble=ensemble, seed=seed, scaling_factor=parts.scaling_factor)
-        finally:
-            for module in modules:
-                module.to(mm.unet_offload_device())
+        patcher = _sd15(sd15, resolve_dtype("auto"))
+        parts = patcher.model
+        load_on_device(patcher, memory_required=unet_memory_required(ensemble, height, width, parts.get_dtype(), 1.0))
+        text = prompt_embedding(parts.text_encoder)
+        check_interrupt()
+        features = dift_features(parts.unet, parts.vae, text, reference_image[0].permute(2, 0, 1).float(),
+                                 ensemble=ensemble, seed=seed, scaling_factor=parts.scaling_factor)
         frames = _poses(reference_pose, aligned_pose)
         xy, visible = body_keypoints(frames)
         reference = reference_point_embeddings(features.cpu(), xy[0], visible[0], height=height, width=width)

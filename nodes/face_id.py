@@ -12,13 +12,13 @@ import folder_paths
 from ..models.errors import MarionetteError
 from ..models.pipelines.svd_animation import SVDAnimation
 from .host import FACE_TOKENS_KEY, load_on_device
+from .model_cache import SessionHolder, cached, file_key
 from .combos import NO_FACE, validate
 from .model_paths import ANIMATION_SOURCES, FOLDERS, model_choices, require_model
 from .tiny_models import tiny_choices
 
 TINY_FACE_ENCODER = "tiny random (testing only)"
 OFFICIAL_FACE_ENCODER = ("Animation/face_encoder.pth",)
-_EMBEDDERS: dict[tuple, object] = {}  # loaded antelopev2 packs, reused across runs
 
 
 def _insightface_root() -> str:
@@ -33,32 +33,37 @@ def _insightface_root() -> str:
 
 
 def _embedder(root: str):
+    """The antelopev2 pack's onnxruntime sessions behind a ModelPatcher (a SessionHolder sized like the
+    files), held while the files and providers stay the same; ComfyUI's unload drops them."""
     from ..models.stableanimator.face_id import FaceEmbedder, check_pack, default_providers
     folder = check_pack(root)
-    key = (folder, tuple(default_providers()), os.path.getmtime(folder))
-    if key not in _EMBEDDERS:
-        _EMBEDDERS.clear()
-        _EMBEDDERS[key] = FaceEmbedder(root).prepare()
-    return _EMBEDDERS[key]
+    providers = tuple(default_providers())
+    on_gpu = providers[0] != "CPUExecutionProvider"
+    size = sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder) if f.endswith(".onnx"))
+    return cached("antelopev2", (file_key(folder), providers),
+                  lambda: SessionHolder(lambda: FaceEmbedder(root, providers=list(providers)).prepare(), on_gpu),
+                  size=size, load_device=None if on_gpu else torch.device("cpu"))
 
 
 def _face_encoder(choice: str, net: SVDAnimation):
+    """StableAnimator's Face Encoder as a held ModelPatcher, in the model's dtype."""
     from ..models.pipelines.svd_models import load_face_encoder
     from ..models.stableanimator.face_id import tiny_face_encoder
-    token_dim = int(net.unet.config.cross_attention_dim)
+    token_dim, dtype = int(net.unet.config.cross_attention_dim), net.get_dtype()
     if choice == TINY_FACE_ENCODER:
         if not net.tiny:
             raise MarionetteError("The tiny random face encoder only fits the tiny test model.",
                                   "Pick Animation/face_encoder.pth (StableAnimator's face encoder).")
-        return tiny_face_encoder(token_dim)
+        return cached("face_encoder", (choice, token_dim, str(dtype)), lambda: tiny_face_encoder(token_dim, dtype=dtype))
     path = require_model("animation", choice, ANIMATION_SOURCES["stableanimator"])
-    encoder = load_face_encoder(path)
+    patcher = cached("face_encoder", (file_key(path), str(dtype)), lambda: load_face_encoder(path, dtype))
+    encoder = patcher.model
     if encoder.cross_attention_dim != token_dim:
         raise MarionetteError(f"{choice} makes {encoder.cross_attention_dim}-wide face tokens but this UNet "
                               f"takes {token_dim}-wide ones.",
                               f"Pick '{TINY_FACE_ENCODER}' for the tiny test model, or load StableAnimator's "
                               "real UNet in SVD Animation Loader.")
-    return encoder
+    return patcher
 
 
 def _reference_uint8(reference: torch.Tensor) -> np.ndarray:
@@ -109,7 +114,9 @@ class IDAdapterApply:
         if face_analysis != "antelopev2":
             raise MarionetteError(f"Unknown face analysis pack '{face_analysis}'.", "Pick antelopev2.")
         image = _reference_uint8(reference_image)
-        embedding, box = _embedder(_insightface_root()).largest_face_embedding(image)
+        sessions = _embedder(_insightface_root())
+        load_on_device(sessions)  # ComfyUI makes room for GPU sessions (and may drop them later)
+        embedding, box = sessions.model.get().largest_face_embedding(image)
         if embedding is None and NO_FACE.key(no_face, "no_face") != "zeros":
             raise MarionetteError(
                 "No face found in the reference image, so StableAnimator cannot keep the identity.",
@@ -125,10 +132,9 @@ class IDAdapterApply:
         from ..models.svd.conditioning import clip_image_embedding
         from ..models.stableanimator.face_id import face_tokens
         encoder = _face_encoder(choice, net)
-        load_on_device(patcher)  # the CLIP image encoder runs on the model's device
+        load_on_device(patcher, encoder)  # the CLIP image encoder runs on the model's device
         clip = clip_image_embedding(net.image_encoder, reference.float().cpu(), net.clip_mean, net.clip_std)
-        encoder = torch.nn.Module.to(encoder, device=clip.device, dtype=clip.dtype)
-        tokens = face_tokens(encoder, embedding, clip)
+        tokens = face_tokens(encoder.model, embedding, clip)
         return tokens.to(mm.intermediate_device())
 
     @staticmethod

@@ -1,7 +1,6 @@
 """HJBFaceRefine: StableAnimator's inference-time face optimisation, as an option for SVD Animate Sampler."""
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import torch
@@ -9,29 +8,28 @@ import torch
 
 from ..models.errors import MarionetteError
 from ..models.pipelines.svd_animation import FaceRefine
-from .host import to_mask_tensor
+from .host import load_on_device, to_mask_tensor
+from .model_cache import cached, file_key
 from .model_paths import model_choices, require_model
 from .tiny_models import tiny_choices
 
 TINY_FACE_MODEL = "tiny random (testing only)"
 OFFICIAL_FACE_MODEL = ("Animation/glintr100_torch.pth",)
 FACE_MODEL_SOURCE = "the 'Animation' folder of Hugging Face 'FrancisRing/StableAnimator'"
-_MODELS: dict[tuple, torch.nn.Module] = {}
 
 
-def _face_model(choice: str) -> torch.nn.Module:
-    """The R100, loaded once and outside inference mode (it is differentiated through)."""
+def _face_model(choice: str):
+    """The R100 as a held ModelPatcher, built outside inference mode (it is differentiated through)."""
     from ..models.stableanimator.iresnet import load_iresnet100, tiny_iresnet
-    if choice == TINY_FACE_MODEL:
-        key = (choice,)
-    else:
-        path = require_model("animation", choice, FACE_MODEL_SOURCE)
-        key = (path, os.path.getmtime(path))
-    if key not in _MODELS:
-        _MODELS.clear()
+
+    def build(path=None):
         with torch.inference_mode(False):
-            _MODELS[key] = tiny_iresnet() if choice == TINY_FACE_MODEL else load_iresnet100(key[0])
-    return _MODELS[key]
+            return tiny_iresnet() if path is None else load_iresnet100(path)
+
+    if choice == TINY_FACE_MODEL:
+        return cached("r100", (choice,), build)
+    path = require_model("animation", choice, FACE_MODEL_SOURCE)
+    return cached("r100", file_key(path), lambda: build(path))
 
 
 def _single_mask(mask: torch.Tensor, name: str) -> torch.Tensor:
@@ -124,8 +122,10 @@ class HJBFaceRefine:
             raise MarionetteError("The reference face mask is empty: no face was found in the reference.",
                                   "Use a reference photo with a visible face (LoadReference finds it), or draw "
                                   "a face mask.")
-        embedder = _face_model(face_model)
-        reference = reference_embedding(embedder, image, box)
+        patcher = _face_model(face_model)
+        load_on_device(patcher)
+        embedder = patcher.model
+        reference = reference_embedding(embedder, image, box).cpu()
         masks = _target_masks(target_face_masks, target_pose)
         if not bool((masks >= 0.5).any()):
             raise MarionetteError("No target frame has a face: the target face masks are empty.",

@@ -7,13 +7,14 @@ import numpy as np
 import torch
 
 import comfy.model_management as mm
-import comfy.model_patcher
 import folder_paths
 
 from ..models.errors import MarionetteError
 from ..models.pipelines.svd_animation import DECODE_CHUNKS, SVDAnimation, animate_svd
 from .combos import ANIMATION, validate
-from .host import DTYPE_CHOICES, FACE_TOKENS_KEY, Progress, check_interrupt, load_on_device, preview_ui, resolve_dtype
+from .host import (DTYPE_CHOICES, FACE_TOKENS_KEY, Progress, check_interrupt, load_on_device, preview_ui, resolve_dtype,
+                   unet_memory_required)
+from .model_cache import files_key, managed, patcher_for
 from .model_paths import ANIMATION_SOURCES, FOLDERS, diffusers_folders, model_choices, require_model
 from .tiny_models import tiny_choices
 
@@ -89,6 +90,16 @@ class SVDAnimationLoader:
     def VALIDATE_INPUTS(cls, animation=None):
         return validate(animation=(ANIMATION, animation))
 
+    @classmethod
+    def IS_CHANGED(cls, svd_folder=None, checkpoint=None, **kwargs):
+        """The files' fingerprint: a file replaced under the same name is loaded again."""
+        if not svd_folder or svd_folder == TINY_CHOICE:
+            return ""
+        folders = [os.path.join(root, svd_folder) for root in folder_paths.get_folder_paths("diffusers")]
+        unet = folder_paths.get_full_path("animation", checkpoint or "")
+        pose_net = unet and os.path.join(os.path.dirname(unet), STABLEANIMATOR_POSE_NET)
+        return files_key(folder_paths.get_full_path("checkpoints", svd_folder), *folders, unet, pose_net)
+
     def load(self, svd_folder, animation, checkpoint, dtype):
         variant, torch_dtype = ANIMATION.key(animation, "animation"), resolve_dtype(dtype)
         if svd_folder == TINY_CHOICE:
@@ -97,9 +108,7 @@ class SVDAnimationLoader:
         else:
             base = self._load_real(svd_folder, variant, checkpoint, torch_dtype)
         container = SVDAnimation(base, variant, tiny=svd_folder == TINY_CHOICE)
-        patcher = comfy.model_patcher.ModelPatcher(container, load_device=mm.get_torch_device(),
-                                                   offload_device=mm.unet_offload_device())
-        return (patcher,)
+        return (managed(container),)  # ComfyUI may load it partially (low VRAM): see nodes/lowvram.py
 
     @staticmethod
     def _load_real(svd_folder, variant, checkpoint, dtype):
@@ -208,16 +217,18 @@ class SVDAnimateSampler:
             tile_overlap=tile_overlap, seed=seed)
         face_tokens = model.model_options.get(FACE_TOKENS_KEY)
         device = mm.get_torch_device()
-        load_on_device(model, *([] if control is None else [control.patcher]))
-        try:
-            result = animate_svd(
-                net, reference_image, pose_images, settings, device=device, reference_pose=reference_pose,
-                face_tokens=face_tokens, dispose=None if control is None else control.guidance, refine=face_refine,
-                decode_chunk=decode_chunk or None, noise_device="cpu" if noise_device == "cpu" else device,
-                on_step=_StepReport(settings.steps, unique_id, device), check=check_interrupt)
-        finally:
-            if face_refine is not None:
-                face_refine.embedder.to(mm.unet_offload_device())
+        extra = ([] if control is None else [control.patcher]) + ([] if face_refine is None else
+                                                                   [patcher_for(face_refine.embedder)])
+        window = int(pose_images.shape[0]) + 1  # HJB's official single window holds every frame
+        if getattr(face_refine, "window", "tiles") != "single":
+            window = min(tile_size, window)
+        load_on_device(model, *extra, memory_required=unet_memory_required(
+            window, int(reference_image.shape[1]), int(reference_image.shape[2]), net.get_dtype()))
+        result = animate_svd(
+            net, reference_image, pose_images, settings, device=device, reference_pose=reference_pose,
+            face_tokens=face_tokens, dispose=None if control is None else control.guidance, refine=face_refine,
+            decode_chunk=decode_chunk or None, noise_device="cpu" if noise_device == "cpu" else device,
+            on_step=_StepReport(settings.steps, unique_id, device), check=check_interrupt)
         frames = result.frames.to(mm.intermediate_device())
         ui = self._ui(net, frames, fps, face_tokens is not None, result.face_losses)
         if control is not None:
