@@ -298,6 +298,11 @@ def test_choose_face_trusts_the_head_keypoints_over_confidence_alone(person):
     assert choose_face([on_chest], body) is None                   # nothing agrees with the head
     region = face_box_and_mask((512, 512), [], body=body)
     assert region.source == "pose" and choose_face([], body) is None
+    from_behind = body.copy()
+    from_behind[[0, 14, 15, 16, 17], 2] = 0.0                      # no face keypoints: seen from behind
+    elsewhere = _face(0.99, head + [300, 0, 300, 0])               # a poster beside the person
+    assert choose_face([elsewhere, on_chest], from_behind) is on_chest
+    assert choose_face([elsewhere], from_behind) is None
 
 
 def test_a_face_printed_on_the_chest_no_longer_wins(detector, segmenter, person):

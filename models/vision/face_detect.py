@@ -131,15 +131,25 @@ def box_iou(a, b) -> float:
 def choose_face(faces: list[Face], body: np.ndarray | None = None) -> Face | None:
     """The person's face among detector candidates, or None.
 
-    Without usable head keypoints: the most confident. With them: only detections agreeing with the
+    Without a body: the most confident. With a body but no head keypoints (a back view): the most
+    confident inside the body's keypoint box (grown by 25 %). With them: only detections agreeing with the
     face box the keypoints predict (IoU ≥ MIN_AGREEMENT) count, ranked by score + agreement, so a
     weak whole-image box twice the size, or a face printed on a shirt, loses to the head's own.
     """
     if not faces:
         return None
     expected = None if body is None else face_box_from_body(body)
+    if expected is None and body is not None:
+        # a body without head keypoints (seen from behind): only a face on that body can be its face
+        points = np.asarray(body, np.float64).reshape(-1, 3)
+        points = points[points[:, 2] > VISIBLE, :2]
+        if len(points):
+            lo, hi = points.min(0), points.max(0)
+            lo, hi = lo - 0.25 * (hi - lo), hi + 0.25 * (hi - lo)
+            faces = [f for f in faces if np.all(lo <= (f.box[:2] + f.box[2:]) / 2) and
+                     np.all((f.box[:2] + f.box[2:]) / 2 <= hi)]
     if expected is None:
-        return max(faces, key=lambda f: f.score)
+        return max(faces, key=lambda f: f.score) if faces else None
     ranked = [(f.score + box_iou(f.box, expected), f) for f in faces]
     ranked = [(r, f) for r, f in ranked if r - f.score >= MIN_AGREEMENT]
     return max(ranked, key=lambda rf: rf[0])[1] if ranked else None
