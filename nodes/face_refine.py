@@ -1,6 +1,7 @@
 """HJBFaceRefine: StableAnimator's inference-time face optimisation, as an option for SVD Animate Sampler."""
 from __future__ import annotations
 
+import os
 
 import numpy as np
 import torch
@@ -8,28 +9,36 @@ import torch
 
 from ..models.errors import MarionetteError
 from ..models.pipelines.svd_animation import FaceRefine
-from .host import load_on_device, to_mask_tensor
-from .model_cache import cached, file_key
+from ..models.stableanimator.hjb import REFINE_WINDOWS
+from .host import to_mask_tensor
 from .model_paths import model_choices, require_model
-from .tiny_models import tiny_choices
 
 TINY_FACE_MODEL = "tiny random (testing only)"
+WINDOW_TOOLTIP = (
+    "How SVD Animate Sampler covers the video while refining. 'single': all frames in one UNet window, as the "
+    "official HJB script (tile_size = frame count; the start noise is drawn for every frame). Each UNet call then "
+    "holds every frame at once, so memory and time per call grow with the frame count: long videos may not fit "
+    "on the GPU. 'tiles': the sampler's tile_size/tile_overlap windows, bounded UNet memory whatever the length "
+    "(overlapping frames cost extra calls), but not the official HJB result. The refinement itself decodes "
+    "decode_chunk frames at a time either way.")
 OFFICIAL_FACE_MODEL = ("Animation/glintr100_torch.pth",)
 FACE_MODEL_SOURCE = "the 'Animation' folder of Hugging Face 'FrancisRing/StableAnimator'"
+_MODELS: dict[tuple, torch.nn.Module] = {}
 
 
-def _face_model(choice: str):
-    """The R100 as a held ModelPatcher, built outside inference mode (it is differentiated through)."""
+def _face_model(choice: str) -> torch.nn.Module:
+    """The R100, loaded once and outside inference mode (it is differentiated through)."""
     from ..models.stableanimator.iresnet import load_iresnet100, tiny_iresnet
-
-    def build(path=None):
-        with torch.inference_mode(False):
-            return tiny_iresnet() if path is None else load_iresnet100(path)
-
     if choice == TINY_FACE_MODEL:
-        return cached("r100", (choice,), build)
-    path = require_model("animation", choice, FACE_MODEL_SOURCE)
-    return cached("r100", file_key(path), lambda: build(path))
+        key = (choice,)
+    else:
+        path = require_model("animation", choice, FACE_MODEL_SOURCE)
+        key = (path, os.path.getmtime(path))
+    if key not in _MODELS:
+        _MODELS.clear()
+        with torch.inference_mode(False):
+            _MODELS[key] = tiny_iresnet() if choice == TINY_FACE_MODEL else load_iresnet100(key[0])
+    return _MODELS[key]
 
 
 def _single_mask(mask: torch.Tensor, name: str) -> torch.Tensor:
@@ -66,7 +75,8 @@ class HJBFaceRefine:
                    "(glintr100_torch.pth) embedding of each frame's face crop moves towards the reference face's. "
                    "Official defaults: steps 0..20 of 25, 3 iterations, learning rate 0.1 decaying linearly. The "
                    "VAE decoder is differentiated chunk by chunk, so memory stays bounded; each refined step "
-                   "costs about iterations x (a decode + its backward).")
+                   "costs about iterations x (a decode + its backward). Face boxes span the pixels where a mask is "
+                   "full (255 in an 8-bit mask), as the official code reads its masks; soft edges do not count.")
     CATEGORY = "Marionette/Animation"
     FUNCTION = "build"
     RETURN_TYPES = ("HJB_FACE_REFINE", "MASK")
@@ -78,10 +88,11 @@ class HJBFaceRefine:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "face_model": (tiny_choices(TINY_FACE_MODEL) + model_choices("animation", OFFICIAL_FACE_MODEL), {
+                "face_model": ([TINY_FACE_MODEL] + model_choices("animation", OFFICIAL_FACE_MODEL), {
                     "tooltip": "StableAnimator's Animation/glintr100_torch.pth in models/animation."}),
                 "reference_image": ("IMAGE", {"tooltip": "The reference image given to the sampler."}),
-                "reference_face_mask": ("MASK", {"tooltip": "LoadReference's face_mask; its box is the crop."}),
+                "reference_face_mask": ("MASK", {"tooltip": "LoadReference's face_mask; the box of its full "
+                                                            "pixels (value 1, i.e. 255) is the crop."}),
                 "start_step": ("INT", {"default": 0, "min": 0, "max": 199, "tooltip": "First refined step (0-based)."}),
                 "end_step": ("INT", {"default": 20, "min": 0, "max": 199,
                                      "tooltip": "Last refined step, inclusive (20 of 25 officially)."}),
@@ -99,12 +110,14 @@ class HJBFaceRefine:
                                                           "faces/ folder); used instead of target_pose."}),
                 "target_pose": ("POSE_KEYPOINT", {"tooltip": "PoseAlign's aligned_pose: face boxes from the face "
                                                              "landmarks (head keypoints when missing)."}),
+                "window": (list(REFINE_WINDOWS), {"default": "single", "tooltip": WINDOW_TOOLTIP}),
             },
         }
 
     def build(self, face_model, reference_image, reference_face_mask, start_step, end_step, iterations,
-              learning_rate, decode_chunk, gradient_checkpointing, target_face_masks=None, target_pose=None):
-        from ..models.stableanimator.hjb import RefineSettings, face_box, reference_embedding
+              learning_rate, decode_chunk, gradient_checkpointing, target_face_masks=None, target_pose=None,
+              window="single"):
+        from ..models.stableanimator.hjb import RefineSettings, face_box, face_pixels, reference_embedding
         settings = RefineSettings(start_step=start_step, end_step=end_step, iterations=iterations,
                                   learning_rate=learning_rate, decode_chunk=decode_chunk,
                                   gradient_checkpointing=bool(gradient_checkpointing))
@@ -119,19 +132,22 @@ class HJBFaceRefine:
                                   "Use the face_mask that LoadReference made with this image.")
         box = face_box(mask)
         if box is None:
-            raise MarionetteError("The reference face mask is empty: no face was found in the reference.",
+            raise MarionetteError("The reference face mask is empty (no full, 255 pixel): no face was found in "
+                                  "the reference.",
                                   "Use a reference photo with a visible face (LoadReference finds it), or draw "
                                   "a face mask.")
-        patcher = _face_model(face_model)
-        load_on_device(patcher)
-        embedder = patcher.model
-        reference = reference_embedding(embedder, image, box).cpu()
+        embedder = _face_model(face_model)
+        reference = reference_embedding(embedder, image, box)
         masks = _target_masks(target_face_masks, target_pose)
-        if not bool((masks >= 0.5).any()):
-            raise MarionetteError("No target frame has a face: the target face masks are empty.",
-                                  "Check the driving video shows the face, or skip HJB Face Refine.")
-        spec = FaceRefine(embedder, reference, masks, settings, tiny=face_model == TINY_FACE_MODEL)
-        faces = int(((masks >= 0.5).flatten(1).any(dim=1)).sum())
+        if window not in REFINE_WINDOWS:
+            raise MarionetteError(f"Unknown window {window!r}.", f"Pick one of: {', '.join(REFINE_WINDOWS)}.")
+        full = face_pixels(masks)
+        if not bool(full.any()):
+            raise MarionetteError("No target frame has a face: no target face mask has a full (255) pixel.",
+                                  "Check the driving video shows the face (or that the masks are not only "
+                                  "soft edges), or skip HJB Face Refine.")
+        spec = FaceRefine(embedder, reference, masks, settings, tiny=face_model == TINY_FACE_MODEL, window=window)
+        faces = int(full.flatten(1).any(dim=1).sum())
         ui = {"marionette_face_refine": [{"frames": int(masks.shape[0]), "frames_with_face": faces,
-                                          "reference_box": list(box), "tiny": spec.tiny}]}
+                                          "reference_box": list(box), "tiny": spec.tiny, "window": window}]}
         return {"ui": ui, "result": (spec, masks)}

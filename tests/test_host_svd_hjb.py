@@ -15,7 +15,7 @@ FRAMES, WIDTH, HEIGHT = 3, 192, 256
 def refine_node(**kw):
     inputs = {"face_model": TINY_FACE, "reference_image": ["1", 0], "reference_face_mask": ["1", 2],
               "start_step": 0, "end_step": 20, "iterations": 1, "learning_rate": 0.1, "decode_chunk": 2,
-              "gradient_checkpointing": True, "target_pose": ["6", 0]}
+              "gradient_checkpointing": True, "target_pose": ["6", 0], "window": "single"}
     inputs.update(kw)
     return {"class_type": "HJBFaceRefine", "inputs": inputs}
 
@@ -70,6 +70,23 @@ def test_refinement_runs_and_changes_the_video(comfy_host, synthetic_media):
     assert (ours - theirs).abs().max() > 1e-3
     report = refined.ui["13"]["marionette_face_refine"][0]
     assert report["frames_with_face"] == FRAMES and len(report["reference_box"]) == 4
+    assert report["window"] == "single"
+
+
+def test_the_window_is_optional_and_defaults_to_the_official_single_window(comfy_host, synthetic_media):
+    """Prompts saved before the window input existed still run: they get the official single window."""
+    spec = comfy_host.nodes.NODE_CLASS_MAPPINGS["HJBFaceRefine"].INPUT_TYPES()["optional"]["window"]
+    assert spec[0] == ["single", "tiles"] and spec[1]["default"] == "single" and "memory" in spec[1]["tooltip"]
+    prompt = hjb_prompt(synthetic_media, target_pose=None, target_face_masks=["22", 0])
+    del prompt["13"]["inputs"]["window"]
+    prompt["19"] = refine_node()
+    prompt["21"] = {"class_type": "ImageFromBatch", "inputs": {"image": ["20", 0], "batch_index": 0,
+                                                              "length": FRAMES}}
+    prompt["20"] = {"class_type": "MaskToImage", "inputs": {"mask": ["19", 1]}}
+    prompt["22"] = {"class_type": "ImageToMask", "inputs": {"image": ["21", 0], "channel": "red"}}
+    result = comfy_host.run(prompt)
+    assert result.success, result.error
+    assert result.ui["13"]["marionette_face_refine"][0]["window"] == "single"
 
 
 def test_pose_masks_of_another_length_are_refused(comfy_host, synthetic_media):
