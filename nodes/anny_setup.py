@@ -18,7 +18,22 @@ def _status_line(node_id: str | None):
         send = server.send_progress_text
     except (ImportError, AttributeError):
         return lambda text: None
-    return lambda text: send(text, node_id or server.last_node_id)
+
+    def show(text: str) -> None:
+        target = node_id or _running_node_id(server)
+        if target is not None:
+            send(text, target)
+    return show
+
+
+def _running_node_id(server) -> str | None:
+    """The node being executed, as ComfyUI's own progress hook finds it."""
+    try:
+        from comfy_execution.utils import get_executing_context
+    except ImportError:
+        get_executing_context = lambda: None  # noqa: E731  (older hosts)
+    context = get_executing_context()
+    return context.node_id if context is not None else getattr(server, "last_node_id", None)
 
 
 def prepare_anny(node_id: str | None = None) -> None:

@@ -120,7 +120,7 @@ def test_a_truncated_cache_file_is_removed_and_rebuilt(tmp_path, compact_file):
     """A file cut short by an older, killed build would make every load fail: it is deleted, the build
     starts again (stopped here once it reads targets)."""
     cache = cache_with(tmp_path, compact_file, truncate=4096)
-    on_progress, state = cancel_when(lambda done: done > 0)
+    on_progress, _ = cancel_when(lambda done: done > 0)
     with pytest.raises(Cancel):
         build_anny_data(cache, on_progress=on_progress, log=lambda line: None)
     assert not (cache / compact_file.parent.name / compact_file.name).exists()

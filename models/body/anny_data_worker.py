@@ -3,8 +3,9 @@ as the only argument, printing progress lines (`MARIONETTE-ANNY {"done": n}` out
 
 Run as a script, so it imports nothing from Marionette. Around anny's own cache code it makes each
 write atomic (temporary name, then rename), deletes a cache file that fails to load (a truncated file
-from an older, interrupted build) and builds again once, removes the intermediate files it wrote
-(only the compact one is read later), and last writes the marker that `anny_data_ready` checks.
+from an older, interrupted build) and builds again once, removes the intermediate files (also those a
+stopped build left; only the compact one is read later), and last writes the marker that
+`anny_data_ready` checks.
 """
 import importlib.metadata
 import json
@@ -83,7 +84,7 @@ def main(cache: Path) -> None:
             if attempt == 2:
                 raise
     final = saved[-1] if saved else loaded[-1]      # the outermost builder's file is written/read last
-    for path in saved[:-1]:
+    for path in {*saved, *loaded} - {final}:        # intermediates, also those an earlier, stopped build left
         path.unlink(missing_ok=True)
     files = {final.resolve().relative_to(cache).as_posix(): final.stat().st_size}
     marker = cache / MARKER
