@@ -14,6 +14,8 @@ frame before drawing anything, so the filter may look both ways:
 - **Short-gap filling**: a keypoint missing for at most `max_gap` frames between two detections is
   interpolated (hands and face move with their wrist / nose anchor during the gap), scored by the
   weaker neighbour.
+- **Left/right consistency** (sides.py): a swapped labelling for a frame or a stretch is undone
+  where the swap makes the limbs jump, or contradicts the face landmarks.
 - **Hysteresis for hands and face**: a hand or face seen in a single frame between absences is
   dropped unless its score is high (entering needs either two frames or a confident one).
 
@@ -26,6 +28,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ..errors import MarionetteError
+from .sides import consistent_sides
 from .types import VISIBLE, PoseFrame
 
 
@@ -96,7 +99,6 @@ def fill_gaps(points: np.ndarray, max_gap: int, anchor: np.ndarray | None = None
     With `anchor` ([T, 3], e.g. the wrist), points are interpolated relative to it, so a hand
     follows its wrist through the gap; frames where the anchor is missing are not filled."""
     out = points.copy()
-    t_len = len(points)
     for n in range(points.shape[1]):
         seen = np.flatnonzero(points[:, n, 2] >= VISIBLE)
         for a, b in zip(seen[:-1], seen[1:]):
@@ -112,7 +114,6 @@ def fill_gaps(points: np.ndarray, max_gap: int, anchor: np.ndarray | None = None
                     rel = (1 - w) * (points[a, n, :2] - anchor[a, :2]) + w * (points[b, n, :2] - anchor[b, :2])
                     xy = anchor[t, :2] + rel
                 out[t, n] = (xy[0], xy[1], min(points[a, n, 2], points[b, n, 2]))
-    assert out.shape[0] == t_len
     return out
 
 
@@ -140,7 +141,6 @@ def _centre_and_size(body: np.ndarray) -> tuple[np.ndarray, float] | None:
 def tracks(frames: list[PoseFrame]) -> list[list[tuple[int, int]]]:
     """People followed through the clip: each track lists (frame, person index)."""
     open_tracks: list[list[tuple[int, int]]] = []
-    done: list[list[tuple[int, int]]] = []
     last: dict[int, tuple[np.ndarray, float]] = {}
     for t, frame in enumerate(frames):
         taken: set[int] = set()
@@ -170,8 +170,7 @@ def tracks(frames: list[PoseFrame]) -> list[list[tuple[int, int]]]:
                 cs = _centre_and_size(frame.body[i])
                 if cs is not None:
                     last[len(open_tracks) - 1] = cs
-    done.extend(open_tracks)
-    return done
+    return open_tracks
 
 
 def _smooth_track(parts: dict[str, np.ndarray], p: Smoothing) -> dict[str, np.ndarray]:
@@ -199,8 +198,10 @@ def smooth_frames(frames: list[PoseFrame], level: str = "light") -> list[PoseFra
     p = LEVELS[level]
     if p is None or len(frames) < 3:
         return list(frames)
+    track_list = tracks(frames)
+    frames = consistent_sides(frames, track_list)
     out = [replace(f, **{k: v.copy() for k, v in f.parts().items()}) for f in frames]
-    for track in tracks(frames):
+    for track in track_list:
         if len(track) < 3:
             continue
         parts = {name: np.stack([getattr(frames[t], name)[i] for t, i in track]) for name in PART_ANCHORS | {"body": 0}}
