@@ -3,6 +3,7 @@
 TRUST_LIMITS; figures: benchmarks/align_trust.py."""
 import glob
 import os
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -25,7 +26,7 @@ def turning():
     from marionette.models.synthetic import render_driving_clip, render_reference
     reference = render_reference(width=384, height=576, seed=1)
     clip = render_driving_clip(frames=12, width=384, height=384, motion="turn", seed=3)
-    return reference.pose_frames()[0], clip.pose_frames()
+    return SimpleNamespace(ref=reference.pose_frames()[0], poses=clip.pose_frames(), reference=reference, clip=clip)
 
 
 def cut_at(frame: PoseFrame, height: int) -> PoseFrame:
@@ -36,14 +37,22 @@ def cut_at(frame: PoseFrame, height: int) -> PoseFrame:
 
 
 def test_a_turning_clip_on_a_whole_body_reference_is_trusted(turning):
-    ref, clip = turning
+    ref, clip = turning.ref, turning.poses
     trust = judged(ref, clip)
     assert trust.level == "ok", trust.describe()
     assert trust.residual < 0.2 and trust.neck < 0.15 and abs(trust.torso - 1) < 0.1 and trust.off_canvas == 0
 
 
+def test_the_embedded_poses_of_the_turning_clip_are_trusted(turning):
+    from marionette.models.pose.blazepose import BlazePoseEstimator
+    estimator = BlazePoseEstimator(MEDIAPIPE, hands=False, face=False)
+    ref = estimator(turning.reference.frames, track=False)[0]
+    trust = judged(ref, estimator(turning.clip.frames))
+    assert trust.level == "ok" and trust.residual < 0.2 and trust.off_canvas < 0.02, trust.describe()
+
+
 def test_a_half_body_reference_makes_the_turning_clip_doubtful(turning):
-    ref, clip = turning
+    ref, clip = turning.ref, turning.poses
     hips = ref.body[0, [8, 11], 1].max()
     trust = judged(cut_at(ref, int(hips + 20)), clip)
     assert trust.level == "warn" and trust.off_canvas > 0.15
@@ -51,7 +60,7 @@ def test_a_half_body_reference_makes_the_turning_clip_doubtful(turning):
 
 
 def test_a_dancer_leaving_the_reference_position_is_named(turning):
-    ref, clip = turning
+    ref, clip = turning.ref, turning.poses
     wandering = []
     for i, frame in enumerate(clip):              # 0.8 frame widths sideways over the clip
         body = frame.body.copy()
