@@ -189,7 +189,7 @@ class Reference:
         if not self.cut:
             return ""
         return (f"the fit cuts off: {', '.join(self.cut)} ({100 * (1 - self.person_kept):.0f}% of the person); "
-                "use \"pad\" or \"keep aspect\", or a size with the photo's orientation, to keep the whole body")
+                "the \"pad\" or \"keep_aspect\" fit, or a size with the photo's orientation, keeps the whole body")
 
 
 def body_ends(body: np.ndarray | None, face_box=None) -> dict[str, np.ndarray]:

@@ -26,7 +26,7 @@ class PoseAlign:
                    "reference person (MimicMotion's fit on nose, neck, shoulders, hips, legs, eyes, ears). "
                    "Judges the fit against the reference's torso (residual, neck placement, torso scale, "
                    "keypoints off the canvas): doubtful fits are named in the overlay and the status, "
-                   "untrustworthy ones stop the run unless told to warn only.")
+                   "untrustworthy ones stop the run unless untrusted_fit is \"warn\".")
     CATEGORY = "Marionette/Pose"
     FUNCTION = "align"
     RETURN_TYPES = ("POSE_KEYPOINT", "IMAGE", "IMAGE")

@@ -239,7 +239,7 @@ def test_keypoints_off_the_canvas_warn_then_stop():
     assert trust.level == "stop" and trust.off_canvas == pytest.approx(6 / 18)
     with pytest.raises(MarionetteError, match="cannot be trusted: 33% of the aligned keypoints") as e:
         require_trust(trust)
-    assert "warn only" in e.value.fix
+    assert 'untrusted_fit to "warn"' in e.value.fix
 
 
 def test_a_folded_torso_and_a_wandering_neck_are_named():

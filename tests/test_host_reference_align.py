@@ -23,27 +23,27 @@ def pose(height=1024, hidden=()):
 def test_load_reference_names_what_the_crop_cuts(comfy_host, synthetic_media):
     node = comfy_host.node_class("LoadReference")()
     picture = torch.from_numpy(synthetic_media["reference"].frames[:1]).float() / 255
-    whole = node.load("", "512x768", "crop person", 64, 64, reference_image=picture)
+    whole = node.load("", "512x768", "crop_person", 64, 64, reference_image=picture)
     status = whole["ui"]["marionette_reference"][0]
     assert status["cut"] == [] and status["note"] == "" and status["face_source"] == "detector"
     assert whole["result"][3][0] is not None and status["face_score"] > 0.5
-    wide = node.load("", "1024x576", "crop person", 64, 64, reference_image=picture)["ui"]["marionette_reference"][0]
+    wide = node.load("", "1024x576", "crop_person", 64, 64, reference_image=picture)["ui"]["marionette_reference"][0]
     assert "r_ankle" in wide["cut"] and "nose" not in wide["cut"] and "r_ankle" in wide["note"]
 
 
 def test_pose_align_warns_and_stops_on_untrustworthy_fits(comfy_host):
     node = comfy_host.node_class("PoseAlign")()
     driving = pose()
-    fine = node.align(pose(), driving, "MimicMotion")["ui"]["marionette_fit"][0]
+    fine = node.align(pose(), driving, "mimicmotion")["ui"]["marionette_fit"][0]
     assert fine["trust"] == "ok" and fine["warnings"] == [] and fine["off_canvas"] == 0.0
     half = pose(height=560, hidden=(9, 10, 12, 13))           # a photo cut below the hips
-    out = node.align(half, driving, "MimicMotion")
+    out = node.align(half, driving, "mimicmotion")
     status = out["ui"]["marionette_fit"][0]
     assert status["trust"] == "warn" and "outside the reference image" in status["warnings"][0]
     assert tuple(out["result"][2].shape) == (1, 560, 576, 3)
     cut = pose(height=470, hidden=(8, 9, 10, 11, 12, 13))     # cut above the hips: a third off the canvas
     with pytest.raises(ValueError, match="cannot be trusted") as e:
-        node.align(cut, driving, "MimicMotion")
-    assert "warn only" in str(e.value)
-    kept = node.align(cut, driving, "MimicMotion", untrusted_fit="warn only")["ui"]["marionette_fit"][0]
+        node.align(cut, driving, "mimicmotion")
+    assert 'untrusted_fit to "warn"' in str(e.value)
+    kept = node.align(cut, driving, "mimicmotion", untrusted_fit="warn")["ui"]["marionette_fit"][0]
     assert kept["trust"] == "stop" and kept["warnings"]

@@ -264,7 +264,7 @@ def require_trust(trust: AlignmentTrust) -> None:
             "The pose alignment cannot be trusted: " + "; ".join(trust.reasons) + ".",
             "Use a reference photo framed like the driving video (the whole body for a whole-body dance, "
             "standing as the dancer mostly does), or a clip where the person stays in view; to go on anyway, "
-            "set PoseAlign's \"untrusted fit\" to \"warn only\".")
+            "set PoseAlign's untrusted_fit to \"warn\".")
 
 
 _REASONS = {
