@@ -96,7 +96,7 @@ def refine_window(settings: SamplerSettings, window: str, frames: int) -> Sample
 def face_pixels(mask: torch.Tensor) -> torch.Tensor:
     """Where a mask (values 0..1) is full: its 8-bit value is 255, the only value the official code counts
     (it reads PNG masks, divides by 255 and keeps pixels equal to 1). Soft edges are not face."""
-    return torch.round(mask.double().clamp(0, 1) * 255) == 255
+    return torch.round(mask.float().clamp(0, 1) * 255) == 255
 
 
 def face_box(mask: torch.Tensor) -> Box | None:
