@@ -348,6 +348,20 @@ def test_tracking_reuses_the_roi_and_agrees(estimator, person, monkeypatch):
 
 
 @needs_models
+def test_world_points_are_metres_around_the_hips_in_camera_axes(estimator, person):
+    img, _ = person
+    (frame,) = estimator(img[None], track=False)
+    world = frame.world[0]
+    assert world.shape == (18, 3)
+    hips = (world[8] + world[11]) / 2
+    assert np.linalg.norm(hips) < 0.05                                  # origin at the hip centre
+    assert world[1, 1] < -0.3 and world[10, 1] > 0.5 and world[13, 1] > 0.5  # neck up, ankles down (y down)
+    assert 0.2 < np.linalg.norm(world[2] - world[5]) < 0.6             # shoulder width in metres
+    assert world[0, 2] < world[1, 2] + 0.05                            # a frontal person: the nose not behind the neck
+    assert world[5, 0] > world[2, 0]                                   # facing the camera: left shoulder on the image right
+
+
+@needs_models
 def test_tracking_falls_back_to_the_detector(estimator, person):
     img, _ = person
     frames = np.stack([img, np.zeros_like(img), img])

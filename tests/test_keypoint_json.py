@@ -184,3 +184,20 @@ def test_malformed_input_raises_clear_errors(bad, words):
 def test_encoder_rejects_non_frames():
     with pytest.raises(MarionetteError, match="PoseFrame"):
         frames_to_pose_keypoint([{"people": []}])
+
+
+def test_world_points_travel_under_their_own_key():
+    rng = np.random.default_rng(5)
+    frame = random_frame(rng, people=2)
+    frame.world = rng.normal(0, 0.3, (2, 18, 3)).astype(np.float32)
+    data = frames_to_pose_keypoint([frame])
+    assert len(data[0]["people"][0]["marionette_world"]) == 54
+    assert "marionette_world" not in frames_to_pose_keypoint([frame], with_scores=False)[0]["people"][0]
+    (back,) = pose_keypoint_to_frames(json.loads(json.dumps(data)))
+    np.testing.assert_array_equal(back.world, frame.world)
+    np.testing.assert_array_equal(back.person(1).world, frame.world[1:])
+    data[0]["people"][1]["marionette_world"] = [0.0] * 5  # malformed: ignored, 2D kept
+    (back,) = pose_keypoint_to_frames(data)
+    assert back.world is None and back.num_people == 2
+    (plain,) = pose_keypoint_to_frames(frames_to_pose_keypoint([random_frame(rng, people=1)]))
+    assert plain.world is None

@@ -14,7 +14,9 @@ as controlnet_aux writes it. controlnet_aux reads any point with c < 1.0 as miss
 
 Because c is binary, each person also carries ``"marionette_scores"`` (other packs ignore it):
 the real per-point scores of every part, and under ``"faint_xy"`` the coordinates of points
-scored below 0.3 (which the standard lists must write as zeros).
+scored below 0.3 (which the standard lists must write as zeros). Where the backend estimates 3D
+(the embedded one), ``"marionette_world"`` holds the body 18 as flat [x, y, z] * 18 in metres
+around the hip centre, camera axes (x right, y down, z away from the camera).
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ from ..errors import MarionetteError
 from .types import BODY, FACE, HAND, VISIBLE, PoseFrame
 
 SCORES_KEY = "marionette_scores"
+WORLD_KEY = "marionette_world"
 FAINT_KEY = "faint_xy"
 # (standard key, PoseFrame attribute, scores sub-key, points per person)
 PART_KEYS = (
@@ -71,6 +74,8 @@ def _encode_person(frame: PoseFrame, i: int, with_scores: bool) -> dict:
             person[key] = _triples(pts, vis)
     if with_scores:
         person[SCORES_KEY] = _encode_scores(frame, i)
+    if with_scores and frame.world is not None:
+        person[WORLD_KEY] = [float(v) for v in frame.world[i].reshape(-1)]
     return person
 
 
@@ -210,7 +215,19 @@ def _decode_person(person: Any, where: str) -> dict[str, np.ndarray]:
     for key, attr, sub, n in PART_KEYS:
         pts = _points(person.get(key), n, f"{where} '{key}'")
         parts[attr] = _apply_scores(pts, stored.get(sub), faint.get(sub))
+    parts["world"] = _world(person.get(WORLD_KEY))
     return parts
+
+
+def _world(value: Any) -> np.ndarray | None:
+    """The person's 3D body 18 from "marionette_world", or None where absent or malformed."""
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+    if value is None or arr.size != BODY * 3 or not np.isfinite(arr).all():
+        return None
+    return arr.reshape(BODY, 3).astype(np.float32)
 
 
 def _denormalise_if_needed(people: list[dict[str, np.ndarray]], w: int, h: int) -> None:
@@ -240,10 +257,12 @@ def pose_keypoint_to_frames(data: Any, canvas_size: tuple[int, int] | None = Non
         if not isinstance(people, (list, tuple)):
             raise MarionetteError(f"{where} 'people' is a {type(people).__name__}, not a list.", _FIX_FORMAT)
         decoded = [_decode_person(p, f"{where}, person {i}") for i, p in enumerate(people)]
+        worlds = [d.pop("world") for d in decoded]
         _denormalise_if_needed(decoded, w, h)
         stack = {attr: np.stack([d[attr] for d in decoded]) if decoded else np.zeros((0, n, 3), np.float32)
                  for _, attr, _, n in PART_KEYS}
-        frames.append(PoseFrame(w, h, **stack))
+        world = np.stack(worlds) if worlds and all(x is not None for x in worlds) else None
+        frames.append(PoseFrame(w, h, world=world, **stack))
     return frames
 
 

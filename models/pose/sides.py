@@ -93,9 +93,12 @@ def consistent_sides(frames: list[PoseFrame], track_list: list[list[tuple[int, i
             if not f:
                 continue
             if out[t] is frames[t]:
-                out[t] = PoseFrame(frames[t].width, frames[t].height,
+                world = frames[t].world
+                out[t] = PoseFrame(frames[t].width, frames[t].height, world=None if world is None else world.copy(),
                                    **{k: v.copy() for k, v in frames[t].parts().items()})
             frame = out[t]
             frame.body[i], frame.left_hand[i], frame.right_hand[i] = mirrored(
                 frame.body[i].copy(), frame.left_hand[i].copy(), frame.right_hand[i].copy())
+            if frame.world is not None:
+                frame.world[i] = frame.world[i][list(MIRROR_BODY)]
     return out

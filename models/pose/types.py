@@ -3,6 +3,9 @@
 A PoseFrame holds the people of one video frame in OpenPose layout: body 18 (OpenPose
 order, neck = shoulder mean), 21 points per hand, 68 face points (iBUG order). Each
 keypoint is (x, y, score) in pixels of a `width`×`height` canvas; score 0 means missing.
+`world`, when the backend estimates it (the embedded one does), holds each person's body 18 in 3D:
+metres around the hip centre, camera axes (x right, y down, z away from the camera), neck = the
+shoulder mean; the same point's score in `body` says whether it was seen.
 """
 from __future__ import annotations
 
@@ -25,13 +28,18 @@ class PoseFrame:
     left_hand: np.ndarray   # [P, 21, 3]
     right_hand: np.ndarray  # [P, 21, 3]
     face: np.ndarray        # [P, 68, 3]
+    world: np.ndarray | None = None  # [P, 18, 3] metres (see the module doc), or None
 
     def __post_init__(self):
         for name, n in (("body", BODY), ("left_hand", HAND), ("right_hand", HAND), ("face", FACE)):
             a = np.asarray(getattr(self, name), dtype=np.float32).reshape(-1, n, 3)
             setattr(self, name, a)
+        if self.world is not None:
+            self.world = np.asarray(self.world, dtype=np.float32).reshape(-1, BODY, 3)
         if not (len(self.body) == len(self.left_hand) == len(self.right_hand) == len(self.face)):
             raise ValueError("PoseFrame parts disagree on the number of people")
+        if self.world is not None and len(self.world) != len(self.body):
+            raise ValueError("PoseFrame world points disagree with the body on the number of people")
 
     @property
     def num_people(self) -> int:
@@ -39,8 +47,8 @@ class PoseFrame:
 
     def person(self, i: int) -> "PoseFrame":
         s = slice(i, i + 1)
-        return replace(self, body=self.body[s], left_hand=self.left_hand[s],
-                       right_hand=self.right_hand[s], face=self.face[s])
+        return replace(self, body=self.body[s], left_hand=self.left_hand[s], right_hand=self.right_hand[s],
+                       face=self.face[s], world=None if self.world is None else self.world[s])
 
     def parts(self) -> dict[str, np.ndarray]:
         return {"body": self.body, "left_hand": self.left_hand, "right_hand": self.right_hand, "face": self.face}

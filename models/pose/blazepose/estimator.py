@@ -13,7 +13,7 @@ from .head import FACE_POINTS, face_hidden
 from .body import ROI_SCALE, BodyResult, BodyTracker, PoseDetector, PoseLandmarker
 from .face import FaceLandmarker
 from .hands import WRIST_VISIBILITY, HandLandmarker
-from .layout import LEFT_HAND_POINTS, RIGHT_HAND_POINTS, body18
+from .layout import LEFT_HAND_POINTS, RIGHT_HAND_POINTS, body18, body18_world
 
 POSE_DETECTION = "pose_detection.tflite"
 POSE_LANDMARK = "pose_landmark_full.tflite"
@@ -97,13 +97,16 @@ class BlazePoseEstimator:
         person = self.body(image, track)
         if person is None:
             self.reset()
-            return empty_frame(w, h)
+            frame = empty_frame(w, h)
+            frame.world = np.zeros((0, 18, 3), np.float32)
+            return frame
         result = empty_frame(w, h, people=1)
         scores = self.body_scores(person, h, w)
         hidden = face_hidden(person.world)
         if hidden:
             scores[list(FACE_POINTS)] = 0.0
         result.body[0] = body18(person.landmarks, scores)
+        result.world = body18_world(person.world)[None]
         if self.hands is not None:
             for tracker, points, target in ((self.hands[0], LEFT_HAND_POINTS, result.left_hand),
                                             (self.hands[1], RIGHT_HAND_POINTS, result.right_hand)):

@@ -51,3 +51,12 @@ def body18(xy: np.ndarray, scores: np.ndarray) -> np.ndarray:
             out[k, 2] = scores[src]
     return out
 
+
+
+def body18_world(world: np.ndarray) -> np.ndarray:
+    """[33, 3] world landmarks → [18, 3] in OpenPose order (neck = the shoulder mean)."""
+    if world.shape[0] != len(BLAZEPOSE_33):
+        raise ValueError(f"expected 33 BlazePose world landmarks, got {world.shape[0]}")
+    rows = [(world[LEFT_SHOULDER] + world[RIGHT_SHOULDER]) / 2.0 if src == NECK else world[src]
+            for src in OPENPOSE_FROM_BLAZEPOSE]
+    return np.stack(rows).astype(np.float32)
