@@ -45,7 +45,6 @@ def main() -> None:
     if not realdata.available():
         sys.exit(f"No real data at {realdata.WHOLEBODY}: it comes with the shared folder next to the repository.")
     from marionette.models.pose.blazepose import BlazePoseEstimator
-    from marionette.models.reference import FIT_MODES, fit_reference, prepare_reference
     from marionette.models.vision.face_detect import FaceDetector
     from marionette.models.vision.segmentation import PersonSegmenter
     segmenter = PersonSegmenter(os.path.join(MEDIAPIPE, "selfie_segmentation.tflite"))
@@ -57,8 +56,16 @@ def main() -> None:
         return frame.body[0] if frame.num_people else None
 
     people = realdata.coco_people()
+    for whole in (False, True):
+        face_table(realdata.coco_people(whole_frames=whole), whole, segmenter, detector, body)
+    crop_person_table(people, segmenter, detector, body)
+
+
+def face_table(people, whole, segmenter, detector, body):
+    from marionette.models.reference import FIT_MODES, prepare_reference
     faces = [p for p in people if p.face_box is not None]
-    print(f"face box IoU vs COCO-WholeBody, {len(faces)} annotated faces, person crops padded 25 %")
+    print(f"\nface box IoU vs COCO-WholeBody, {len(faces)} annotated faces, "
+          + ("whole photos with one person" if whole else "person crops padded 25 %"))
     print(f"{'size':>9} {'fit':>12} | {'previous: face':>14} {'output':>7} | {'now: face':>9} {'output':>7} | n")
     totals, seconds, spread = {"prev": [], "now": []}, [], []
     for size, mode in itertools.product(SIZES, FIT_MODES):
@@ -91,6 +98,12 @@ def main() -> None:
         worst = max(worst, float(np.abs(boxes - boxes.mean(0)).max() / (boxes[:, 2] - boxes[:, 0]).mean()))
     print(f"same face in every size/mode: largest box deviation {100 * worst:.1f} % of the face width "
           f"(original photo pixels)")
+    print(f"LoadReference (segmentation, body, face candidates, fit): {1000 * np.median(seconds):.0f} ms median "
+          f"per call on pictures of ~{int(np.median([p.picture.shape[0] for p in faces]))} px height")
+
+
+def crop_person_table(people, segmenter, detector, body):
+    from marionette.models.reference import fit_reference, prepare_reference
 
     print(f"\n\"crop person\" on {len(people)} annotated people (≥ {realdata.MIN_KEYPOINTS} keypoints) × "
           f"{len(SIZES)} sizes: annotated keypoints cut off")
@@ -113,8 +126,6 @@ def main() -> None:
             people_cut += key == "now" and off > 0
     print(f"where the crop can hold the whole person ({fits} cases): previous {cut['prev']} keypoints cut, "
           f"now {cut['now']} ({people_cut} cases still cut)")
-    print(f"\nLoadReference (segmentation, body, face candidates, fit): {1000 * np.median(seconds):.0f} ms median "
-          f"per call on crops of ~{int(np.median([p.picture.shape[0] for p in faces]))} px height")
 
 
 def _target(size, image_size):

@@ -39,9 +39,15 @@ def crop_box(bbox, size: tuple[int, int], pad: float = PAD) -> tuple[int, int, i
             int(min(size[0], np.ceil(cx + w / 2))), int(min(size[1], np.ceil(cy + h / 2))))
 
 
-def coco_people(min_keypoints: int = MIN_KEYPOINTS) -> list[CocoPerson]:
-    """Every annotated person with at least `min_keypoints` body keypoints, cropped."""
+def coco_people(min_keypoints: int = MIN_KEYPOINTS, whole_frames: bool = False) -> list[CocoPerson]:
+    """Every annotated person with at least `min_keypoints` body keypoints, cropped; or, with
+    `whole_frames`, the uncropped photos that show one annotated person."""
     data = json.loads(WHOLEBODY.read_text())
+    if whole_frames:
+        counts: dict[int, int] = {}
+        for ann in data["annotations"]:
+            counts[ann["image_id"]] = counts.get(ann["image_id"], 0) + 1
+        data["annotations"] = [a for a in data["annotations"] if counts[a["image_id"]] == 1]
     files = {im["id"]: im["file_name"] for im in data["images"]}
     images: dict[int, np.ndarray] = {}
     out = []
@@ -51,7 +57,8 @@ def coco_people(min_keypoints: int = MIN_KEYPOINTS) -> list[CocoPerson]:
         if ann["image_id"] not in images:
             images[ann["image_id"]] = cv2.cvtColor(cv2.imread(str(COCO / files[ann["image_id"]])), cv2.COLOR_BGR2RGB)
         image = images[ann["image_id"]]
-        x0, y0, x1, y1 = crop_box(ann["bbox"], (image.shape[1], image.shape[0]))
+        x0, y0, x1, y1 = ((0, 0, image.shape[1], image.shape[0]) if whole_frames
+                          else crop_box(ann["bbox"], (image.shape[1], image.shape[0])))
         keypoints = np.array(ann["keypoints"], np.float64).reshape(-1, 3)
         keypoints[:, :2] -= (x0, y0)
         face = None
