@@ -189,8 +189,9 @@ class AlignmentTrust:
     reasons: tuple[str, ...]  # one sentence per limit passed
 
     def describe(self) -> str:
+        torso = f"×{self.torso:.2f}" if np.isfinite(self.torso) else "n/a"
         head = (f"residual {100 * self.residual:.0f}% of the torso, neck {_pct(self.neck)} off, "
-                f"torso ×{self.torso:.2f}, {100 * self.off_canvas:.0f}% of keypoints off canvas")
+                f"torso {torso}, {100 * self.off_canvas:.0f}% of keypoints off canvas")
         return head if self.level == "ok" else f"{head}. Fit {'untrustworthy' if self.level == 'stop' else 'doubtful'}: " \
             + "; ".join(self.reasons)
 
@@ -362,6 +363,8 @@ def _warnings(canvas, trust: AlignmentTrust) -> None:
                        for i, line in enumerate(_wrap(reason, canvas.shape[1] - 24, scale))]
     step = int(22 * scale / 0.6)
     y = canvas.shape[0] - 8 - step * (len(lines) - 1)
+    top = max(y - step, 0)
+    canvas[top:] = (canvas[top:] * 0.35).astype(np.uint8)    # a dark band keeps the text readable
     for line in lines:
         cv2.putText(canvas, line, (8, y), cv2.FONT_HERSHEY_SIMPLEX, scale, color, max(1, int(scale * 2)), cv2.LINE_AA)
         y += step
