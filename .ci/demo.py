@@ -1,35 +1,63 @@
-"""The demo: the shipped workflows run headless in a real ComfyUI on synthetic media.
+"""The demo: the shipped workflows run headless in a real ComfyUI on the example inputs they ship with.
 
-A reference photo and a driving clip are rendered from the Anny body model (different body
-shapes) and put into ComfyUI's input folder under the names the workflows use. Each UI workflow
-that needs no downloads is converted to an API prompt and executed, and every output lands in the
-folder given.
+    bash .ci/demo [OUTPUT_FOLDER] [--comfyui PATH_TO_YOUR_COMFYUI]
+
+Pose extraction and Champ's guidance maps need no downloads and run as shipped: their videos are the
+real thing. The generative graphs (MimicMotion, StableAnimator with HJB, DisPose) run as shipped when
+their weights are found (in your ComfyUI's model folders, given with --comfyui); otherwise on untrained
+tiny models, small and with 2 steps, which proves the graphs run end to end but not the look. ComfyUI's
+own log goes to OUTPUT_FOLDER/comfyui.log; the terminal shows the demo's lines only.
 """
+import argparse
 import json
 import os
+import resource
 import shutil
 import sys
 import time
+import uuid
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 import harness  # noqa: E402,F401  (registers the `marionette` library alias)
-from harness.comfy_host import ComfyHost  # noqa: E402
-from harness.media import DRIVING_FILE, REFERENCE_FILE, write_media  # noqa: E402
-from harness.workflow import to_api  # noqa: E402
+from harness.workflow import TINY_MODELS, override, to_api  # noqa: E402
 
-
-# the workflows that run without downloads (vividpose_guidance.json needs the SMPL-X files); the animation
-# graphs run their shipped choice, the untrained tiny models, with few steps: their videos show the graphs
-# work, not a person (with the real weights selected in the loaders they are the real thing)
-DEMO_WORKFLOWS = {"pose_extraction.json": {}, "champ_guidance.json": {},
-                  "mimicmotion.json": {"SVDAnimateSampler": {"steps": 2}},
-                  "stableanimator_hjb.json": {"SVDAnimateSampler": {"steps": 2},
-                                              "HJBFaceRefine": {"iterations": 1, "end_step": 0}},
-                  "dispose.json": {"SVDAnimateSampler": {"steps": 2}}}
-# insightface's antelopev2 pack cannot be downloaded here: without it ID Adapter Apply is bypassed (its model
-# input passed straight on, as the UI's bypass does) and StableAnimator runs with zero face tokens
+NO_DOWNLOAD = ("pose_extraction.json", "champ_guidance.json")
+SMPLX_GRAPH = "vividpose_guidance.json"  # runs when SMPLX_NEUTRAL.npz is in the smplx model folders
+# without their weights, the generative graphs run the tiny models at a small size with few steps
+TINY_SETTINGS = {
+    "mimicmotion.json": {"LoadReference": {"size": "custom", "width": 256, "height": 384},
+                         "SVDAnimateSampler": {"steps": 2}},
+    "stableanimator_hjb.json": {"LoadReference": {"size": "custom", "width": 256, "height": 256},
+                                "SVDAnimateSampler": {"steps": 2},
+                                "HJBFaceRefine": {"iterations": 1, "end_step": 0}},
+    "dispose.json": {"LoadReference": {"size": "custom", "width": 256, "height": 384},
+                     "SVDAnimateSampler": {"steps": 2}, "KeypointCorrespondence": {"ensemble": 2}},
+}
+# (node, input) -> the model folder its file is looked up in (ComfyUI/models/<folder>)
+WEIGHT_INPUTS = {("SVDAnimationLoader", "svd_folder"): "diffusers", ("SVDAnimationLoader", "checkpoint"): "animation",
+                 ("IDAdapterApply", "face_encoder"): "animation", ("HJBFaceRefine", "face_model"): "animation",
+                 ("DisPoseControlNetLoader", "controlnet"): "dispose", ("DenseMotionField", "cmp_model"): "dispose",
+                 ("KeypointCorrespondence", "sd15"): "checkpoints"}
+# insightface's antelopev2 pack: without it ID Adapter Apply is bypassed (its model input passed straight
+# on, as the UI's bypass does) and StableAnimator runs with zero face tokens
 NEEDS_ANTELOPEV2 = "IDAdapterApply"
+
+
+class Terminal:
+    """The demo's own lines go to the terminal; everything else written to stdout/stderr (ComfyUI's
+    import warnings, progress bars, native libraries' logs) goes to the log file."""
+
+    def __init__(self, log_path: str):
+        self.out = os.fdopen(os.dup(1), "w", buffering=1)
+        self.log_path = log_path
+        self.log = open(log_path, "w", buffering=1)
+        sys.stdout.flush(), sys.stderr.flush()
+        os.dup2(self.log.fileno(), 1)
+        os.dup2(self.log.fileno(), 2)
+
+    def say(self, text: str = "") -> None:
+        print(text, file=self.out, flush=True)
 
 
 def bypass(prompt: dict, class_type: str) -> list[str]:
@@ -45,55 +73,184 @@ def bypass(prompt: dict, class_type: str) -> list[str]:
     return removed
 
 
+def use_users_comfyui(comfy_dir: str) -> str:
+    """Adds the model folders of the user's ComfyUI (and its extra_model_paths.yaml) to the demo's host."""
+    import folder_paths
+    models = os.path.join(os.path.abspath(comfy_dir), "models")
+    if not os.path.isdir(models):
+        raise SystemExit(f"--comfyui {comfy_dir}: there is no models/ folder in it. Give your ComfyUI folder "
+                         "(the one with main.py and models/).")
+    for name, (dirs, _) in list(folder_paths.folder_names_and_paths.items()):
+        default = next((d for d in dirs if d.startswith(folder_paths.models_dir + os.sep)), None)
+        if default:
+            sub = os.path.relpath(default, folder_paths.models_dir)
+            folder_paths.add_model_folder_path(name, os.path.join(models, sub))
+    extra = os.path.join(os.path.abspath(comfy_dir), "extra_model_paths.yaml")
+    if os.path.isfile(extra):
+        from utils.extra_config import load_extra_path_config
+        load_extra_path_config(extra)
+    return models
+
+
+def weight_found(folder: str, name: str) -> bool:
+    import folder_paths
+    if folder == "diffusers":  # a diffusers folder, or ComfyUI's single-file SVD checkpoint
+        if any(os.path.isdir(os.path.join(root, name)) for root in folder_paths.get_folder_paths("diffusers")):
+            return True
+        folder = "checkpoints"
+    path = folder_paths.get_full_path(folder, name)
+    return bool(path and os.path.isfile(path))
+
+
+def missing_weights(prompt: dict) -> list[tuple[str, str]]:
+    """(model folder, file) for every weight file the shipped graph names and that is not found."""
+    missing = []
+    for node in prompt.values():
+        for (class_type, input_name), folder in WEIGHT_INPUTS.items():
+            name = node["inputs"].get(input_name)
+            if node["class_type"] == class_type and isinstance(name, str) and not weight_found(folder, name):
+                if class_type != "DenseMotionField" or node["inputs"].get("method") == "cmp":
+                    missing.append((folder, name))
+    return sorted(set(missing))
+
+
+class Runner:
+    """One executor for all the graphs, so nodes they share with the same inputs (the example inputs'
+    poses) run once."""
+
+    def __init__(self, host):
+        self.host = host
+        self.executor = host.execution.PromptExecutor(host.server, cache_type=host.execution.CacheType.CLASSIC,
+                                                      cache_args={"lru": 0, "ram": 0})
+
+    def run(self, prompt: dict):
+        """(error message or None, ui outputs by node id)."""
+        pid = str(uuid.uuid4())
+        loop = self.host.loop
+        valid, error, outputs, node_errors = loop.run_until_complete(
+            self.host.execution.validate_prompt(pid, prompt, None))
+        if not valid:
+            return f"{error.get('message')}: {error.get('details')} {node_errors}", {}
+        self.executor.success = True
+        loop.run_until_complete(self.executor.execute_async(prompt, pid, {}, outputs))
+        failure = next((data for kind, data in self.executor.status_messages if kind == "execution_error"), None)
+        message = None if failure is None else f"{failure['node_type']}: {failure['exception_message']}"
+        return message, dict(self.executor.history_result.get("outputs", {}))
+
+
+def graph_notes(ui: dict) -> list[str]:
+    notes = []
+    for info in (i for node in ui.values() for i in node.get("marionette_svd", [])):
+        if info.get("face_refine"):
+            refine = info["face_refine"]
+            losses = (f"{refine['loss_first']:.3f}" if refine["steps_refined"] == 1 else
+                      f"{refine['loss_first']:.3f} -> {refine['loss_last']:.3f}")
+            notes.append(f"HJB face refinement at {refine['steps_refined']} step(s), identity loss {losses}")
+    return notes
+
+
+def plan(host):
+    """[(workflow, prompt, kind)] with kind 'real', 'weights' (the user's weights) or 'tiny'; and the
+    weights the tiny graphs stand in for."""
+    import folder_paths
+    classes = host.nodes.NODE_CLASS_MAPPINGS
+    jobs, wanted = [], []
+    names = list(NO_DOWNLOAD)
+    if any(folder_paths.get_full_path("smplx", f"SMPLX_NEUTRAL{ext}") for ext in (".npz", ".pkl")):
+        names.append(SMPLX_GRAPH)
+    for name in names:
+        jobs.append((name, load(name, classes), "real"))
+    for name, settings in TINY_SETTINGS.items():
+        prompt = load(name, classes)
+        missing = missing_weights(prompt)
+        if missing:
+            override(prompt, TINY_MODELS, settings)
+            wanted += [(name, folder, file) for folder, file in missing]
+        jobs.append((name, prompt, "tiny" if missing else "weights"))
+    return jobs, wanted
+
+
+def load(name: str, classes: dict) -> dict:
+    with open(os.path.join(ROOT, "workflows", name)) as f:
+        return to_api(json.load(f), classes)
+
+
 def antelopev2_present() -> bool:
     import folder_paths
     return any(os.path.isfile(os.path.join(root, "models", "antelopev2", "glintr100.onnx"))
                for root in folder_paths.get_folder_paths("insightface"))
 
 
-def main(out_dir: str) -> int:
-    from marionette.models.synthetic.clip import render_driving_clip, render_reference
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("out_dir", nargs="?", default="demo_output")
+    parser.add_argument("--comfyui", default=os.environ.get("COMFYUI_DIR"),
+                        help="your ComfyUI folder: its model folders are searched for the real weights")
+    args = parser.parse_args()
     t0 = time.time()
-    print("rendering the synthetic reference photo and driving clip (Anny body model)…", flush=True)
-    media = {"reference": render_reference(width=512, height=768, seed=7),
-             "driving": render_driving_clip(frames=24, width=512, height=512, seed=3)}
-    host = ComfyHost.get()
-    write_media(host.input_dir, media)
-    for name, overrides in DEMO_WORKFLOWS.items():
-        with open(os.path.join(ROOT, "workflows", name)) as f:
-            prompt = to_api(json.load(f), host.nodes.NODE_CLASS_MAPPINGS)
-        for node in prompt.values():
-            node["inputs"].update(overrides.get(node["class_type"], {}))
-        if not antelopev2_present() and bypass(prompt, NEEDS_ANTELOPEV2):
-            print("NOTE: no insightface antelopev2 pack in models/insightface/models/antelopev2: ID Adapter "
-                  "Apply is bypassed (zero face tokens).", flush=True)
-        print(f"running workflows/{name} in ComfyUI 0.3.75 ({len(prompt)} nodes)…", flush=True)
-        t = time.time()
-        result = host.run(prompt)
-        if not result.success:
-            print(f"{name} failed:", result.error, file=sys.stderr)
-            return 1
-        for ui in result.ui.values():
-            for info in ui.get("marionette_svd", []):
-                if info.get("warning"):
-                    print("NOTE:", info["warning"], flush=True)
-                if info.get("face_refine"):
-                    refine = info["face_refine"]
-                    losses = (f"{refine['loss_first']:.3f}" if refine["steps_refined"] == 1 else
-                              f"{refine['loss_first']:.3f} -> {refine['loss_last']:.3f}")
-                    print(f"  HJB face refinement at {refine['steps_refined']} step(s), identity loss {losses} "
-                          "(tiny random face model)", flush=True)
-        print(f"  done in {time.time() - t:.0f} s", flush=True)
+    out_dir = os.path.abspath(args.out_dir)
+    shutil.rmtree(os.path.join(out_dir, "marionette"), ignore_errors=True)  # only this run's outputs
     os.makedirs(out_dir, exist_ok=True)
+    term = Terminal(os.path.join(out_dir, "comfyui.log"))
+    os.environ["MARIONETTE_TEST_MODELS"] = "1"  # the tiny models stand in where weights are missing
+    term.say(f"Marionette demo: starting ComfyUI 0.3.75 headless (its log: {term.log_path})…")
+    from harness.comfy_host import ComfyHost
+    host = ComfyHost.get()
+    user_models = use_users_comfyui(args.comfyui) if args.comfyui else None
+    runner = Runner(host)
+    jobs, wanted = plan(host)
+    term.say("inputs: workflows/inputs/ (a reference photo and a 24-frame driving clip rendered from the Anny "
+             "body model), which the pack copied into ComfyUI's input folder, as it does in yours")
+    failed = 0
+    for i, (name, prompt, kind) in enumerate(jobs, 1):
+        if not antelopev2_present() and bypass(prompt, NEEDS_ANTELOPEV2):
+            term.say("   (no insightface antelopev2 pack in models/insightface/models/antelopev2: ID Adapter Apply "
+                     "is bypassed, zero face tokens)")
+        what = {"real": "", "weights": " with your weights (slow on a CPU)",
+                "tiny": " on untrained tiny models, small, 2 steps"}[kind]
+        term.say(f"[{i}/{len(jobs)}] workflows/{name}{what}…")
+        t = time.time()
+        error, ui = runner.run(prompt)
+        if error:
+            failed += 1
+            term.say(f"   FAILED: {error}")
+            continue
+        for note in graph_notes(ui):
+            term.say(f"   {note}")
+        term.say(f"   done in {time.time() - t:.0f} s")
     shutil.copytree(host.output_dir, out_dir, dirs_exist_ok=True)
-    for name in (REFERENCE_FILE, DRIVING_FILE):  # the synthetic inputs, for comparison
-        shutil.copy(os.path.join(host.input_dir, name), os.path.join(out_dir, "input_" + name))
-    print(f"done in {time.time() - t0:.1f} s; outputs in {os.path.abspath(out_dir)}:")
-    for folder, _, files in sorted(os.walk(out_dir)):
-        for name in sorted(files):
-            print("  ", os.path.relpath(os.path.join(folder, name), out_dir))
-    return 0
+    for name in os.listdir(host.input_dir):  # the example inputs, for comparison
+        if name.startswith("marionette_"):
+            shutil.copy(os.path.join(host.input_dir, name), os.path.join(out_dir, "input_" + name))
+    report(term, out_dir, jobs, wanted, user_models)
+    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
+    term.say(f"done in {time.time() - t0:.0f} s, peak memory {peak_gb:.1f} GB" +
+             (f"; {failed} workflow(s) failed (see above and {term.log_path})" if failed else ""))
+    return 1 if failed else 0
+
+
+def report(term: Terminal, out_dir: str, jobs, wanted, user_models) -> None:
+    term.say(f"\noutputs in {out_dir}:")
+    kinds = {name[:-5]: kind for name, _, kind in jobs}
+    outputs = sorted(os.listdir(os.path.join(out_dir, "marionette"))) if os.path.isdir(
+        os.path.join(out_dir, "marionette")) else []
+    tiny = sorted({k for k, v in kinds.items() if v == "tiny"})
+    for file in outputs:
+        made_by_tiny = any(file.startswith(k + "_") for k in tiny)
+        term.say(f"   marionette/{file}" + ("   (tiny untrained model: proves the graph, not the look)"
+                                           if made_by_tiny else ""))
+    term.say("   input_marionette_*   the example inputs")
+    if not wanted:
+        return
+    where = user_models or "ComfyUI/models"
+    term.say("\nTo animate for real, put the weights the workflows name into your ComfyUI "
+             f"({'found: ' + where if user_models else 'the models/ folder next to its main.py'}):")
+    for folder, file in sorted({(f, n) for _, f, n in wanted}):
+        term.say(f"   {os.path.join(where, folder, file)}")
+    term.say("Where to get each file: README.md, 'Model files'. Then open workflows/<name>.json in your ComfyUI "
+             "(its example inputs are copied into ComfyUI/input when the pack loads), or rerun:\n"
+             "   bash .ci/demo --comfyui /path/to/your/ComfyUI")
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else "demo_output"))
+    sys.exit(main())

@@ -1,6 +1,7 @@
 """Brings workflows/*.json up to the nodes' current inputs (as opening and saving them in the frontend
-would): values saved by earlier versions become the current keys, inputs added since get their defaults.
-tests/test_workflows.py fails while a shipped workflow is out of date. Run:
+would): inputs added since they were saved get their defaults, values and socket types of earlier
+versions become the current ones (harness.migrate_workflows). tests/test_workflows.py fails while a
+shipped workflow is out of date. Run:
 
     source "$(bash .ci/setup.sh)" && "$MARIONETTE_VENV/bin/python" .ci/sync_workflows.py
 """
@@ -13,7 +14,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 import harness  # noqa: E402,F401  (registers the `marionette` library alias)
 from harness.comfy_host import ComfyHost  # noqa: E402
-from harness.workflow import sync_widgets  # noqa: E402
+from harness.migrate_workflows import migrate  # noqa: E402
+from harness.workflow import add_missing_widgets  # noqa: E402
 
 
 def main() -> None:
@@ -22,7 +24,7 @@ def main() -> None:
     for path in sorted(glob.glob(os.path.join(ROOT, "workflows", "*.json"))):
         with open(path) as f:
             workflow = json.load(f)
-        changes = sync_widgets(workflow, classes)
+        changes = add_missing_widgets(workflow, classes) + [str(c) for c in migrate(workflow, classes)]
         if changes:
             with open(path, "w") as f:
                 f.write(json.dumps(workflow, indent=1, ensure_ascii=False) + "\n")

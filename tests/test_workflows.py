@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from harness import ROOT
 from harness.media import read_video
-from harness.workflow import TINY_MODELS, override, sync_widgets, to_api
+from harness.migrate_workflows import migrate
+from harness.workflow import TINY_MODELS, add_missing_widgets, override, to_api
 
 
 def shipped_prompt(host, name):
@@ -194,7 +195,9 @@ def test_shipped_workflow_names_real_files_and_validates_as_a_user_opens_it(comf
     value an earlier version saved), and the prompt passes ComfyUI's validation with the example inputs."""
     monkeypatch.delenv("MARIONETTE_TEST_MODELS", raising=False)
     with open(ROOT / "workflows" / name) as f:
-        outdated = sync_widgets(json.load(f), comfy_host.nodes.NODE_CLASS_MAPPINGS)
+        ui = json.load(f)
+    classes = comfy_host.nodes.NODE_CLASS_MAPPINGS
+    outdated = add_missing_widgets(ui, classes) + migrate(ui, classes)
     assert outdated == [], f"run .ci/sync_workflows.py: {outdated}"  # else the frontend's prompt differs
     prompt = shipped_prompt(comfy_host, name)
     for node_id, node in prompt.items():

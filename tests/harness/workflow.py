@@ -98,39 +98,31 @@ def override(prompt: dict, *overrides: dict) -> dict:
     return prompt
 
 
-LEGACY_OPTION = "marionette_legacy_values"  # nodes/combos.py: {value an earlier version saved: key}
-
-
-def sync_widgets(ui: dict, node_classes: dict) -> list[str]:
-    """Brings a UI workflow up to the nodes' current INPUT_TYPES, in place, as the frontend would on
-    opening it and saving it again: values an earlier version saved become the current keys, and widget
-    inputs added since then get their defaults. Returns what changed."""
-    changes = []
+def add_missing_widgets(ui: dict, node_classes: dict) -> list[str]:
+    """Gives a UI workflow's nodes the widget inputs added since it was saved, at their defaults, in place
+    (as the frontend does when it opens the workflow; without them our prompt and the frontend's differ).
+    Returns what was added; harness.migrate_workflows updates the values of earlier versions."""
+    added = []
     for node in ui["nodes"]:
         kind, values = node["type"], node.get("widgets_values")
         if kind not in node_classes or not isinstance(values, list):
             continue
-        i = 0
-        for name, spec in _widget_inputs(node_classes[kind].INPUT_TYPES()):
+        input_types, i = node_classes[kind].INPUT_TYPES(), 0
+        for name, spec in _widget_inputs(input_types):
             opts = spec[1] if len(spec) > 1 else {}
             if i >= len(values):  # an input added after the workflow was saved
                 default = opts.get("default", spec[0][0] if isinstance(spec[0], list) else None)
                 values.append(default)
-                entry = {"localized_name": name, "name": name, "type": "COMBO" if isinstance(spec[0], list) else spec[0],
-                         "widget": {"name": name}, "link": None}
-                if name in node_classes[kind].INPUT_TYPES().get("optional", {}):
+                input_type = "COMBO" if isinstance(spec[0], list) else spec[0]
+                entry = {"localized_name": name, "name": name, "type": input_type, "widget": {"name": name},
+                         "link": None}
+                if name in input_types.get("optional", {}):
                     entry["shape"] = 7  # the frontend's mark of an optional input
                 node.setdefault("inputs", []).append(entry)
-                changes.append(f"{kind}.{name}: default {default!r}")
-                i += 1
-                continue
-            legacy = opts.get(LEGACY_OPTION, {})
-            if isinstance(values[i], str) and values[i] in legacy:
-                changes.append(f"{kind}.{name}: {values[i]!r} -> {legacy[values[i]]!r}")
-                values[i] = legacy[values[i]]
+                added.append(f"{kind}.{name} = {default!r}")
             i += 1
             if _has_control(name, spec) and i < len(values) and values[i] in CONTROL_VALUES:
                 i += 1
             if _has_upload(spec) and i < len(values) and values[i] in ("image", "video", "audio"):
                 i += 1
-    return changes
+    return added
