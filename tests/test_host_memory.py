@@ -18,7 +18,8 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from smplx_fixture import small_vertex_ids, write_fixture
-from test_host_svd import TINY, animate_prompt
+from test_host_svd import animate_prompt
+from test_host_svd_hjb import FRAMES as FRAMES_HJB, hjb_prompt
 
 TINY_FACE = "tiny random (testing only)"
 
@@ -132,10 +133,18 @@ def svd_loaded_model():
     return None
 
 
-@pytest.mark.parametrize("animation", ["MimicMotion", "StableAnimator"])
-def test_low_vram_sampling_gives_the_full_load_frames(comfy_host, synthetic_media, animation):
+@pytest.mark.parametrize("case", ["MimicMotion", "StableAnimator", "StableAnimator + HJB"])
+def test_low_vram_sampling_gives_the_full_load_frames(comfy_host, synthetic_media, case):
+    """HJB: gradients flow through the cast-on-use VAE decoder and R100 layers."""
     import comfy.model_management as mm
-    prompt = animate_prompt(synthetic_media, animation)
+    prompt = hjb_prompt(synthetic_media) if "HJB" in case else animate_prompt(synthetic_media, case)
+    if "HJB" in case:  # the pose's face masks cut to the sampled frames (as in test_host_svd_hjb)
+        prompt["20"] = {"class_type": "MaskToImage", "inputs": {"mask": ["13", 1]}}
+        prompt["21"] = {"class_type": "ImageFromBatch", "inputs": {"image": ["20", 0], "batch_index": 0,
+                                                                  "length": FRAMES_HJB}}
+        prompt["22"] = {"class_type": "ImageToMask", "inputs": {"image": ["21", 0], "channel": "red"}}
+        prompt["23"] = dict(prompt["13"], inputs=dict(prompt["13"]["inputs"], target_face_masks=["22", 0]))
+        prompt["11"]["inputs"]["face_refine"] = ["23", 0]
     mm.unload_all_models()
     full = comfy_host.run(prompt)
     assert full.success, full.error
@@ -150,6 +159,8 @@ def test_low_vram_sampling_gives_the_full_load_frames(comfy_host, synthetic_medi
     assert 0 < net.model_loaded_weight_memory < loaded.model.model_size()
     cast = [m for m in net.modules() if getattr(m, "comfy_cast_weights", False)]
     assert len(cast) > 50
+    if "HJB" in case:
+        assert low.ui["11"]["marionette_svd"][0]["face_refine"]["steps_refined"] == 2
     assert torch.equal(full.output("11", 0), low.output("11", 0))
     assert torch.equal(full.output("11", 1)["samples"], low.output("11", 1)["samples"])
     mm.unload_all_models()
