@@ -13,6 +13,7 @@ from .combos import BODY_MODEL, SHAPE_PLACEMENT, validate
 from .host import Progress, preview_ui, to_image_tensor
 from .model_cache import file_key, on_release
 from .model_paths import smplx_dir
+from .socket_types import BODY_SEQUENCE
 
 GENDERS = ("neutral", "female", "male")
 _models: dict = {}
@@ -70,7 +71,7 @@ class SMPLXFit:
                    "temporal smoothness. Frames without a person are interpolated and reported.")
     CATEGORY = "Marionette/Body"
     FUNCTION = "fit"
-    RETURN_TYPES = ("BODY_SEQUENCE", "IMAGE")
+    RETURN_TYPES = (BODY_SEQUENCE, "IMAGE")
     RETURN_NAMES = ("body", "overlay")
 
     @classmethod
@@ -87,7 +88,7 @@ class SMPLXFit:
             },
             "optional": {
                 "images": ("IMAGE", {"tooltip": "The frames the keypoints came from, for the overlay preview."}),
-                "shape_from": ("BODY_SEQUENCE", {"tooltip": "Reuse this body shape and fit only the pose."}),
+                "shape_from": (BODY_SEQUENCE, {"tooltip": "Reuse this body shape and fit only the pose."}),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
@@ -133,14 +134,14 @@ class ShapeAlign:
                    "reference camera (Champ's view transfer), or in the driving framing.")
     CATEGORY = "Marionette/Body"
     FUNCTION = "align"
-    RETURN_TYPES = ("BODY_SEQUENCE",)
+    RETURN_TYPES = (BODY_SEQUENCE,)
     RETURN_NAMES = ("body",)
 
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "driving_body": ("BODY_SEQUENCE",),
-            "reference_body": ("BODY_SEQUENCE",),
+            "driving_body": (BODY_SEQUENCE,),
+            "reference_body": (BODY_SEQUENCE,),
             "placement": SHAPE_PLACEMENT.input("Where the body stands in the reference picture."),
             "transfer_expression": ("BOOLEAN", {"default": True, "tooltip": "SMPL-X: use the reference's "
                                                 "facial expression (VividPose)."}),

@@ -18,6 +18,7 @@ from .model_cache import cached, file_key, files_key, managed
 from .model_paths import diffusers_folders, model_choices, require_model
 from .sockets import SVDControl
 from .tiny_models import tiny_choices
+from .socket_types import DISPOSE_CONTROLNET, KEYPOINT_CORRESPONDENCE, MOTION_FIELD, SVD_CONTROL
 
 TINY_CONTROLNET = "tiny random (no download, testing only)"
 TINY_SD = "tiny random SD1.5 (no download, testing only)"
@@ -56,7 +57,7 @@ class DenseMotionField:
                    "Keypoints missing in a frame are left out instead of pointing at the image corner.")
     CATEGORY = "Marionette/DisPose"
     FUNCTION = "build"
-    RETURN_TYPES = ("MOTION_FIELD", "IMAGE", "IMAGE")
+    RETURN_TYPES = (MOTION_FIELD, "IMAGE", "IMAGE")
     RETURN_NAMES = ("motion_field", "dense_preview", "sparse_preview")
 
     @classmethod
@@ -119,7 +120,7 @@ class DisPoseControlNetLoader:
                    f"or '{TINY_CONTROLNET}' for the tiny test MimicMotion model (tests, MARIONETTE_TEST_MODELS=1).")
     CATEGORY = "Marionette/DisPose"
     FUNCTION = "load"
-    RETURN_TYPES = ("DISPOSE_CONTROLNET",)
+    RETURN_TYPES = (DISPOSE_CONTROLNET,)
     RETURN_NAMES = ("controlnet",)
 
     @classmethod
@@ -154,18 +155,18 @@ class DisPoseControlApply:
                    "field and, optionally, the keypoint correspondence, at a control strength (1.0 official).")
     CATEGORY = "Marionette/DisPose"
     FUNCTION = "apply"
-    RETURN_TYPES = ("SVD_CONTROL",)
+    RETURN_TYPES = (SVD_CONTROL,)
     RETURN_NAMES = ("control",)
 
     @classmethod
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "controlnet": ("DISPOSE_CONTROLNET",),
-                "motion_field": ("MOTION_FIELD",),
+                "controlnet": (DISPOSE_CONTROLNET,),
+                "motion_field": (MOTION_FIELD,),
                 "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0, "step": 0.05}),
             },
-            "optional": {"keypoints": ("KEYPOINT_CORRESPONDENCE", {"tooltip": "Keypoint Correspondence output."})},
+            "optional": {"keypoints": (KEYPOINT_CORRESPONDENCE, {"tooltip": "Keypoint Correspondence output."})},
         }
 
     def apply(self, controlnet, motion_field, strength, keypoints=None):
@@ -218,7 +219,7 @@ class KeypointCorrespondence:
                    "keypoints; DisPose's ControlNet places them at every frame's aligned keypoints.")
     CATEGORY = "Marionette/DisPose"
     FUNCTION = "build"
-    RETURN_TYPES = ("KEYPOINT_CORRESPONDENCE", "IMAGE")
+    RETURN_TYPES = (KEYPOINT_CORRESPONDENCE, "IMAGE")
     RETURN_NAMES = ("keypoints", "preview")
 
     @classmethod

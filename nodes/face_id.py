@@ -16,6 +16,7 @@ from .model_cache import SessionHolder, cached, file_key
 from .combos import NO_FACE, validate
 from .model_paths import ANIMATION_SOURCES, FOLDERS, model_choices, require_model
 from .tiny_models import tiny_choices
+from .socket_types import SVD_ANIMATION_MODEL
 
 TINY_FACE_ENCODER = "tiny random (testing only)"
 OFFICIAL_FACE_ENCODER = ("Animation/face_encoder.pth",)
@@ -82,13 +83,13 @@ class IDAdapterApply:
                    "unconditional one), as the official pipeline does.")
     CATEGORY = "Marionette/Animation"
     FUNCTION = "apply"
-    RETURN_TYPES = ("SVD_ANIMATION_MODEL",)
+    RETURN_TYPES = (SVD_ANIMATION_MODEL,)
     RETURN_NAMES = ("model",)
 
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "model": ("SVD_ANIMATION_MODEL", {"tooltip": "A StableAnimator model from SVD Animation Loader."}),
+            "model": (SVD_ANIMATION_MODEL, {"tooltip": "A StableAnimator model from SVD Animation Loader."}),
             "reference_image": ("IMAGE", {"tooltip": "The same reference frame as the sampler's."}),
             "face_encoder": (tiny_choices(TINY_FACE_ENCODER) + model_choices("animation", OFFICIAL_FACE_ENCODER), {
                 "default": OFFICIAL_FACE_ENCODER[0],

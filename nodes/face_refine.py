@@ -12,6 +12,7 @@ from ..models.pipelines.svd_animation import FaceRefine
 from ..models.stableanimator.hjb import REFINE_WINDOWS
 from .host import to_mask_tensor
 from .model_paths import model_choices, require_model
+from .socket_types import HJB_FACE_REFINE
 
 TINY_FACE_MODEL = "tiny random (testing only)"
 WINDOW_TOOLTIP = (
@@ -79,7 +80,7 @@ class HJBFaceRefine:
                    "full (255 in an 8-bit mask), as the official code reads its masks; soft edges do not count.")
     CATEGORY = "Marionette/Animation"
     FUNCTION = "build"
-    RETURN_TYPES = ("HJB_FACE_REFINE", "MASK")
+    RETURN_TYPES = (HJB_FACE_REFINE, "MASK")
     RETURN_NAMES = ("face_refine", "target_face_masks")
     OUTPUT_TOOLTIPS = ("Connect to SVD Animate Sampler's face_refine input.",
                        "The per-frame face masks whose boxes are cropped (for checking).")

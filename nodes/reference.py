@@ -17,6 +17,7 @@ from ..models.vision.segmentation import PersonSegmenter
 from .combos import REFERENCE_FIT
 from .host import check_interrupt, to_image_tensor, to_mask_tensor
 from .model_paths import mediapipe_dir
+from .socket_types import FACE_BOX
 
 SEGMENTER, FACE_MODEL = "selfie_segmentation.tflite", "face_detection_short_range.tflite"
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
@@ -67,7 +68,7 @@ class LoadReference:
                    "names any keypoints, hands, feet or head top that the fit cuts off.")
     CATEGORY = "Marionette/Reference"
     FUNCTION = "load"
-    RETURN_TYPES = ("IMAGE", "MASK", "MASK", "BBOX")
+    RETURN_TYPES = ("IMAGE", "MASK", "MASK", FACE_BOX)
     RETURN_NAMES = ("image", "person_mask", "face_mask", "face_bbox")
     OUTPUT_TOOLTIPS = ("The fitted reference image.", "Person silhouette, 0..1.",
                        "Soft face region, 0..1 (empty if no face was found).",

@@ -8,6 +8,7 @@ from .body import load_model
 from .combos import DRAW_STYLE, validate
 from .host import Progress, preview_ui, to_image_tensor, to_mask_tensor
 from .pose import DRAW_STYLES
+from .socket_types import BODY_SEQUENCE
 
 MAPS = ("depth", "normal", "semantic", "dense", "mask")
 
@@ -24,7 +25,7 @@ class RenderGuidance:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "body": ("BODY_SEQUENCE",),
+            "body": (BODY_SEQUENCE,),
             "skeleton_style": DRAW_STYLE.input("Match the animation model that reads the skeleton."),
         }, "hidden": {"unique_id": "UNIQUE_ID"}}
 

@@ -8,7 +8,7 @@ from ..models.pipelines.dispose import DisPoseGuidance
 
 @dataclass
 class SVDControl:
-    """SVD_CONTROL: DisPose's guidance for SVD Animate Sampler, with the ModelPatcher that holds its
+    """MARIONETTE_SVD_CONTROL: DisPose's guidance for SVD Animate Sampler, with the ModelPatcher that holds its
     ControlNet so the sampler can let ComfyUI load it next to the UNet."""
     patcher: object
     guidance: DisPoseGuidance

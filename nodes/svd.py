@@ -17,6 +17,7 @@ from .host import (DTYPE_CHOICES, FACE_TOKENS_KEY, Progress, check_interrupt, lo
 from .model_cache import files_key, managed, patcher_for
 from .model_paths import ANIMATION_SOURCES, FOLDERS, diffusers_folders, model_choices, require_model
 from .tiny_models import tiny_choices
+from .socket_types import HJB_FACE_REFINE, SVD_ANIMATION_MODEL, SVD_CONTROL
 
 TINY_CHOICE = "tiny random (no download, testing only)"
 OFFICIAL_SVD = "stable-video-diffusion-img2vid-xt"  # the diffusers folder the official scripts load
@@ -68,7 +69,7 @@ class SVDAnimationLoader:
                    "untrained model whose frames are noise.")
     CATEGORY = "Marionette/Animation"
     FUNCTION = "load"
-    RETURN_TYPES = ("SVD_ANIMATION_MODEL",)
+    RETURN_TYPES = (SVD_ANIMATION_MODEL,)
     RETURN_NAMES = ("model",)
 
     @classmethod
@@ -160,7 +161,7 @@ class SVDAnimateSampler:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "model": ("SVD_ANIMATION_MODEL",),
+                "model": (SVD_ANIMATION_MODEL,),
                 "reference_image": ("IMAGE", {"tooltip": "One frame, both sides a multiple of 64, the same "
                                                          "size as the pose frames."}),
                 "pose_images": ("IMAGE", {"tooltip": "Skeleton frames (PoseAlign / DWPoseExtract skeleton)."}),
@@ -186,9 +187,9 @@ class SVDAnimateSampler:
             "optional": {
                 "reference_pose": ("IMAGE", {"tooltip": "MimicMotion: the reference's own skeleton (first "
                                                         "frame used); without it the first pose frame is used."}),
-                "face_refine": ("HJB_FACE_REFINE", {"tooltip": "HJB Face Refine: StableAnimator's face "
+                "face_refine": (HJB_FACE_REFINE, {"tooltip": "HJB Face Refine: StableAnimator's face "
                                                                "optimisation during sampling (slow)."}),
-                "control": ("SVD_CONTROL", {"tooltip": "DisPose Control Apply: DisPose's motion field and "
+                "control": (SVD_CONTROL, {"tooltip": "DisPose Control Apply: DisPose's motion field and "
                                                        "keypoint guidance (MimicMotion)."}),
                 "noise_device": (list(NOISE_DEVICES), {
                     "default": "model",

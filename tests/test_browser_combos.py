@@ -1,5 +1,6 @@
 """Tier 3b: in the real frontend, our web extension finds exactly our nodes (by category) and replaces
-combo values saved by earlier versions with their keys when a workflow is opened."""
+combo values and socket type names saved by earlier versions with the current ones when a workflow is
+opened."""
 import copy
 import json
 
@@ -53,3 +54,19 @@ def test_old_combo_values_become_keys_when_a_workflow_opens(page, comfy_host):
     for node_id, node in ours.items():
         node["inputs"].update(EXPECTED.get(node["class_type"], {}))
         assert result["output"][node_id]["inputs"] == node["inputs"], node_id
+
+
+def test_old_socket_type_names_become_ours_when_a_workflow_opens(page):
+    # a workflow of an earlier version: our socket types without the prefix
+    with open(ROOT / "workflows" / "champ_guidance.json") as f:
+        champ = f.read()
+    old_types = json.loads(champ.replace('"MARIONETTE_BODY_SEQUENCE"', '"BODY_SEQUENCE"'))
+    types = page.evaluate("""async (wf) => {
+        await window.app.loadGraphData(wf);
+        const graph = window.app.graph;
+        const link = (id) => graph.links.get ? graph.links.get(id) : graph.links[id];
+        const fit = graph._nodes.filter(n => n.type === "SMPLXFit");
+        return {slots: fit.map(n => n.outputs[0].type),
+                links: fit.flatMap(n => n.outputs[0].links.map(id => link(id).type))};
+    }""", old_types)
+    assert set(types["slots"]) == set(types["links"]) == {"MARIONETTE_BODY_SEQUENCE"}, types

@@ -51,6 +51,21 @@ def test_display_names_and_categories_are_unmistakably_ours(comfy_host):
         assert comfy_host.nodes.NODE_DISPLAY_NAME_MAPPINGS[name].endswith("(Marionette)"), name
 
 
+# ComfyUI's own types, and controlnet_aux's POSE_KEYPOINT (shared on purpose: same format)
+SHARED_TYPES = {"IMAGE", "MASK", "LATENT", "INT", "FLOAT", "STRING", "BOOLEAN", "POSE_KEYPOINT"}
+
+
+def test_our_own_socket_types_cannot_collide_with_other_packs(comfy_host):
+    kinds = set()
+    for cls in our_classes(comfy_host).values():
+        kinds.update(cls.RETURN_TYPES)
+        for section in ("required", "optional"):
+            kinds.update(spec[0] for spec in cls.INPUT_TYPES().get(section, {}).values()
+                         if isinstance(spec[0], str))
+    own = kinds - SHARED_TYPES
+    assert own and all(kind.startswith("MARIONETTE_") for kind in own), sorted(own)
+
+
 def test_choice_combos_use_stable_keys_explained_in_the_tooltip(comfy_host):
     checked = 0
     for node, cls in our_classes(comfy_host).items():
@@ -194,6 +209,18 @@ def test_the_workflow_script_rewrites_old_values_to_keys(comfy_host):
     assert {(c[0], c[2], c[4]) for c in changes} == {(i, name, key) for i, keys in inverse.items()
                                                     for name, key in zip(("backend", "draw_style"), keys)}
     assert migrate(old, classes) == []  # re-running changes nothing
+
+
+def test_the_workflow_script_gives_old_socket_types_the_current_names(comfy_host):
+    import json
+    with open(ROOT / "workflows" / "champ_guidance.json") as f:
+        current = json.load(f)
+    old = json.loads(json.dumps(current).replace('"MARIONETTE_BODY_SEQUENCE"', '"BODY_SEQUENCE"')
+                     .replace('"MARIONETTE_BBOX"', '"BBOX"'))
+    assert old != current
+    changes = migrate(old, comfy_host.nodes.NODE_CLASS_MAPPINGS)
+    assert {c[3] for c in changes} == {"BODY_SEQUENCE", "BBOX"}
+    assert old == current  # slots and links alike
 
 
 def test_old_values_validate_and_run_on_the_2024_host(tmp_path, synthetic):

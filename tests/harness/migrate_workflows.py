@@ -1,10 +1,12 @@
-"""Rewrites combo values that earlier versions saved to their current keys in UI-format workflows.
+"""Rewrites combo values and socket type names that earlier versions saved to the current ones in
+UI-format workflows.
 
     cd tests && python -m harness.migrate_workflows [--check] [WORKFLOW.json ...]   (default: workflows/*.json)
 
 The map is the one the nodes and the web extension use: each combo input's LEGACY_OPTION
-(nodes/combos.py), read from the node classes of a real in-process ComfyUI. Only those widget values
-change; each file is re-read right before it is written and keeps its JSON layout, so the script can
+(nodes/combos.py), read from the node classes of a real in-process ComfyUI; our sockets' types
+(MARIONETTE_*, nodes/socket_types.py) are taken from the node definitions, on the slots and their links,
+as the web extension does. Only those values change; each file is re-read right before it is written and keeps its JSON layout, so the script can
 be re-run at any time. --check changes nothing and exits 1 when a file still holds an old value.
 """
 from __future__ import annotations
@@ -17,6 +19,7 @@ from . import ROOT
 from .workflow import CONTROL_VALUES, _has_control, _has_upload, _widget_inputs
 
 LEGACY_OPTION = "marionette_legacy_values"  # nodes/combos.py LEGACY_OPTION
+OWN_TYPE = "MARIONETTE_"  # prefix of our socket types (nodes/socket_types.py)
 
 
 def legacy_maps(input_types: dict) -> dict[str, dict[str, str]]:
@@ -44,9 +47,41 @@ def widget_positions(values: list, input_types: dict) -> dict[str, int]:
     return positions
 
 
+def _own_type(kind) -> bool:
+    return isinstance(kind, str) and kind.startswith(OWN_TYPE)
+
+
+def migrate_types(ui: dict, node_classes: dict) -> list[tuple]:
+    """Gives our sockets (and their links) the type of the current definition; returns the changes."""
+    changes, links = [], {link[0]: link for link in ui.get("links", [])}
+
+    def retype(node, slot, kind, link_ids):
+        if slot.get("type") != kind:
+            changes.append((node["id"], node["type"], slot.get("name"), slot.get("type"), kind))
+            slot["type"] = kind
+        for link_id in link_ids:
+            if link_id in links and links[link_id][5] != kind:
+                links[link_id][5] = kind
+
+    for node in ui.get("nodes", []):
+        cls = node_classes.get(node.get("type"))
+        if cls is None:
+            continue
+        specs = {**cls.INPUT_TYPES().get("required", {}), **cls.INPUT_TYPES().get("optional", {})}
+        for slot in node.get("inputs", []):
+            kind = specs.get(slot.get("name"), (None,))[0]
+            if _own_type(kind):
+                retype(node, slot, kind, [slot["link"]] if slot.get("link") is not None else [])
+        for slot, kind in zip(node.get("outputs", []), cls.RETURN_TYPES):
+            if _own_type(kind):
+                retype(node, slot, kind, slot.get("links") or [])
+    return changes
+
+
 def migrate(ui: dict, node_classes: dict) -> list[tuple]:
-    """Replaces old combo values in place; returns (node id, type, input, old, new) for each change."""
-    changes = []
+    """Replaces old combo values and socket types in place; returns (node id, type, input, old, new) for
+    each change."""
+    changes = migrate_types(ui, node_classes)
     for node in ui.get("nodes", []):
         cls = node_classes.get(node.get("type"))
         values = node.get("widgets_values")

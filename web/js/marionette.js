@@ -7,7 +7,10 @@ import { app } from "../../../scripts/app.js";
 const CATEGORY = "Marionette/";
 // Input option holding {value saved by an earlier version: key} (nodes/combos.py LEGACY_OPTION).
 const LEGACY_OPTION = "marionette_legacy_values";
+// Our own socket types (nodes/socket_types.py); earlier versions saved them without the prefix.
+const OWN_TYPE = "MARIONETTE_";
 window.__marionette = { loaded: true, setup: false, seen: [], migrated: [] };
+const OUR_DEFS = new Map(); // node type -> its definition, for our nodes
 
 function legacyMaps(nodeData) {
   const maps = {};
@@ -18,6 +21,27 @@ function legacyMaps(nodeData) {
     }
   }
   return maps;
+}
+
+function linkById(graph, id) {
+  const links = graph?.links;
+  return links?.get ? links.get(id) : links?.[id];
+}
+
+// A workflow saved by an earlier version holds our sockets' old type names: take them from the
+// current definition, on the node's slots and on their links, so new connections fit again.
+function migrateSlotTypes(node, nodeData) {
+  const specs = { ...nodeData.input?.required, ...nodeData.input?.optional };
+  const retype = (slot, type, linkIds) => {
+    if (!slot || typeof type !== "string" || !type.startsWith(OWN_TYPE)) return;
+    slot.type = type;
+    for (const id of linkIds) {
+      const link = id != null ? linkById(node.graph, id) : null;
+      if (link) link.type = type;
+    }
+  };
+  for (const input of node.inputs || []) retype(input, specs[input.name]?.[0], [input.link]);
+  (nodeData.output || []).forEach((type, i) => retype(node.outputs?.[i], type, node.outputs?.[i]?.links || []));
 }
 
 function migrateWidgets(node, maps) {
@@ -48,7 +72,10 @@ function statusText(message) {
     const b = message.marionette_body[0];
     return `${b.model} body fitted to ${b.frames} frame${b.frames === 1 ? "" : "s"}, ` +
       `reprojection error ${Number(b.reprojection_px).toFixed(1)} px` +
-      (b.interpolated ? `; ${b.interpolated} frame(s) without a person interpolated` : "");
+      (b.reprojection_relative >= 0 ? ` (${(100 * b.reprojection_relative).toFixed(1)}% of the body size)` : "") +
+      (b.interpolated ? `; ${b.interpolated} frame(s) without a person interpolated` : "") +
+      (b.parts ? "\n" + Object.entries(b.parts).map(([k, v]) => `${k} ${v}%`).join(", ") : "") +
+      (b.warning ? `\n${b.warning}` : "");
   }
   if (message.marionette_svd) {
     const v = message.marionette_svd[0];
@@ -98,19 +125,24 @@ app.registerExtension({
   async setup() {
     window.__marionette.setup = true;
   },
+  // after a whole graph is loaded (the links exist now, whatever order the frontend builds them in)
+  loadedGraphNode(node) {
+    const nodeData = OUR_DEFS.get(node.type);
+    if (nodeData) migrateSlotTypes(node, nodeData);
+  },
   async beforeRegisterNodeDef(nodeType, nodeData) {
     if (!nodeData.category?.startsWith(CATEGORY)) return;
     window.__marionette.seen.push(nodeData.name);
+    OUR_DEFS.set(nodeData.name, nodeData);
     const maps = legacyMaps(nodeData);
-    if (Object.keys(maps).length) {
-      // configure() sets the saved widget values, then calls onConfigure (graph load, paste, undo)
-      const onConfigure = nodeType.prototype.onConfigure;
-      nodeType.prototype.onConfigure = function () {
-        const r = onConfigure?.apply(this, arguments);
-        migrateWidgets(this, maps);
-        return r;
-      };
-    }
+    // configure() sets the saved slots and widget values, then calls onConfigure (graph load, paste, undo)
+    const onConfigure = nodeType.prototype.onConfigure;
+    nodeType.prototype.onConfigure = function () {
+      const r = onConfigure?.apply(this, arguments);
+      migrateWidgets(this, maps);
+      migrateSlotTypes(this, nodeData);
+      return r;
+    };
     const onExecuted = nodeType.prototype.onExecuted;
     nodeType.prototype.onExecuted = function (message) {
       onExecuted?.apply(this, arguments);
