@@ -5,7 +5,6 @@ import json
 
 import numpy as np
 
-from ..models.errors import MarionetteError
 from ..models.pose.draw import draw_frames as draw_pose_frames
 from ..models.pose.keypoint_json import frames_to_pose_keypoint
 from ..models.pose.types import PoseFrame
