@@ -65,6 +65,18 @@ def overlay_frames(model, body, images) -> np.ndarray:
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
+def fit_status(body) -> dict:
+    """The status line's facts: reprojection error in px and as a share of the body's size, per part,
+    and the frames the fit should not be trusted on."""
+    info = body.info
+    return {"frames": body.num_frames, "model": body.model, "interpolated": int((~body.frame_ok).sum()),
+            "reprojection_px": float(info.get("reprojection_px", float("nan"))),
+            "reprojection_relative": float(info.get("reprojection_relative", float("nan"))),
+            "parts": {k: round(100 * v["relative"], 1) for k, v in info.get("reprojection_parts", {}).items()},
+            "frames_limbs_off": list(info.get("frames_limbs_off", [])),
+            "warning": "; ".join(n for n in (info.get("limbs_off_note"), info.get("swapped_note")) if n)}
+
+
 class SMPLXFit:
     DESCRIPTION = ("Fits a 3D body (Anny, embedded; or SMPL-X from your licensed files) to the 2D keypoints of "
                    "every frame: camera, global orientation, pose and one body shape for the sequence, with "
@@ -118,9 +130,7 @@ class SMPLXFit:
             else:
                 betas = None if shape_from is None else shape_from.betas
                 body = fit_sequence(model, frames, betas=betas, options=options, on_progress=progress)
-        ui = {"marionette_body": [{"frames": body.num_frames, "model": body.model,
-                                   "interpolated": int((~body.frame_ok).sum()),
-                                   "reprojection_px": float(body.info.get("reprojection_px", float("nan")))}]}
+        ui = {"marionette_body": [fit_status(body)]}
         if pictures is None:  # the overlay then shows the body alone, at the keypoints' canvas size
             pictures = np.zeros((len(frames), frames[0].height, frames[0].width, 3), np.uint8)
         overlay = overlay_frames(model, body, pictures)
@@ -153,4 +163,5 @@ class ShapeAlign:
 
     def align(self, driving_body, reference_body, placement, transfer_expression):
         placement = SHAPE_PLACEMENT.value(placement, "placement")
-        return (align_shape(driving_body, reference_body, placement, transfer_expression),)
+        model = load_model(driving_body.model, driving_body.gender) if placement == "reference position" else None
+        return (align_shape(driving_body, reference_body, placement, transfer_expression, model),)

@@ -226,6 +226,50 @@ def test_adam_optimiser_also_fits(anny):
     assert seq.info["reprojection_px"] < 2.5, seq.info     # measured 1.0 px
 
 
+def rescaled(frame: PoseFrame, width: int, height: int, scale: float) -> PoseFrame:
+    """The frame's keypoints about its centre, scaled, on a canvas of another size."""
+    centre, new = np.array([frame.width / 2, frame.height / 2]), np.array([width / 2, height / 2])
+    moved = frame.map_xy(lambda xy: (xy - centre) * scale + new)
+    return PoseFrame(width, height, moved.body, moved.left_hand, moved.right_hand, moved.face)
+
+
+def test_same_keypoints_fit_alike_at_any_resolution(anny):
+    """A 270×480 canvas and the same keypoints ×4 on 1080×1920: the robust loss scales with the
+    person, the default focal with the image, so the fits agree (a fixed 100 px GMoF scale did not)."""
+    pose = anny_poses(anny, 1)
+    frame = model_frames(anny, pose, anny.default_betas().numpy(), np.array([0.1, 0.2, 3.0]))[0]
+    body = frame.body.copy()
+    body[0, 4, :2] += (60.0, -40.0)                     # an outlier wrist: where the robust scale matters
+    frame = PoseFrame(W, H, body, frame.left_hand, frame.right_hand, frame.face)
+    options = dict(camera_iterations=60, pose_iterations=(20, 50))
+    small = fit_reference(anny, rescaled(frame, 270, 480, 0.5), FitOptions(**options))
+    large = fit_reference(anny, rescaled(frame, 1080, 1920, 2.0), FitOptions(**options))
+    assert large.camera.focal == pytest.approx(4 * small.camera.focal)
+    np.testing.assert_allclose(large.pose, small.pose, atol=2e-3)
+    np.testing.assert_allclose(large.translation, small.translation, atol=2e-3)
+    assert large.info["reprojection_px"] == pytest.approx(4 * small.info["reprojection_px"], rel=0.02)
+    assert large.info["reprojection_relative"] == pytest.approx(small.info["reprojection_relative"], rel=0.02)
+
+
+def test_report_has_parts_relative_to_body_size_and_names_frames_with_limbs_off(anny):
+    pose = anny_poses(anny, 3)
+    frames = model_frames(anny, pose, anny.default_betas().numpy(), np.array([0.0, 0.2, 3.0]))
+    face = np.zeros((1, 68, 3), np.float32)
+    face[0, :, :2], face[0, :, 2] = (250.0, 120.0), 1.0            # face points Anny cannot fit
+    body = frames[1].body.copy()
+    body[0, 7, :2] += (0.0, 150.0)                                  # frame 1: the left wrist far off
+    frames = [PoseFrame(W, H, f.body if i != 1 else body, f.left_hand, f.right_hand, face)
+              for i, f in enumerate(frames)]
+    seq = fit_sequence(anny, frames, options=FitOptions(**dict(FAST, pose_iterations=(10, 20))))
+    parts = seq.info["reprojection_parts"]
+    assert set(parts) == {"torso", "head", "arms", "legs", "hands"}           # no face figure for Anny
+    assert "reprojection_px_face" not in seq.info
+    assert all(0 <= p["relative"] < 1 and p["px"] >= 0 for p in parts.values())
+    assert parts["arms"]["relative"] > parts["torso"]["relative"]
+    assert seq.info["frames_limbs_off"] == [1]
+    assert "in 1 frame(s): 1" in seq.info["message"] and "10% of the body size" in seq.info["message"]
+
+
 def test_default_focal_is_a_50_degree_view_across_the_longer_side():
     assert F.default_focal(1000, 500) == pytest.approx(500 / math.tan(math.radians(25)))
     assert F.default_focal(400, 800) == F.default_focal(800, 400)

@@ -289,3 +289,33 @@ def test_missing_gl_platform_names_the_fix(monkeypatch):
     with pytest.raises(MarionetteError) as err:
         GuidanceRenderer(64, 48)
     assert "PYOPENGL_PLATFORM=egl" in str(err.value) and "PYOPENGL_PLATFORM=osmesa" in str(err.value)
+
+
+def test_clip_depth_keeps_a_still_body_grey_while_a_hand_moves_forward(renderer, sphere):
+    """Champ's per-frame min-max re-greys the whole body when its nearest point changes (a hand
+    coming forward); the clip-stable window follows the body's mean depth instead."""
+    body, body_faces = sphere
+    hand = trimesh.creation.icosphere(subdivisions=2, radius=0.1)
+    frames = []
+    for forward in (0.0, 0.05, 0.3):               # the hand 0, 5 and 30 cm nearer than the body's front
+        centre = CENTRE + np.array([0.35, 0.0, -RADIUS - 0.1 - forward])
+        frames.append(np.concatenate([body, np.asarray(hand.vertices) + centre]))
+    faces = np.concatenate([body_faces, np.asarray(hand.faces) + len(body)])
+    seq = np.stack(frames)
+    per_frame = renderer.render_sequence(seq, faces, CAMERA, maps=("depth",))["depth"][..., 0].astype(int)
+    clip = renderer.render_sequence(seq, faces, CAMERA, maps=("depth",), depth_range="clip")["depth"][..., 0]
+    clip = clip.astype(int)
+    torso = interior() & (np.arange(W)[None, :] < W / 2 - 20)     # the body's left half, never covered by the hand
+    frame_jump = np.abs(np.diff(per_frame[:, torso], axis=0)).max(1)
+    clip_jump = np.abs(np.diff(clip[:, torso], axis=0)).max(1)
+    print(f"\nlargest grey change of the still body between frames: per-frame {frame_jump.tolist()}, "
+          f"clip {clip_jump.tolist()}")
+    assert frame_jump[1] > 35, frame_jump     # measured 43: the hand's 25 cm move re-greys the body
+    assert clip_jump.max() <= 4, clip_jump    # measured 3 (the mean vertex depth follows the hand by 1.5 cm)
+    assert (clip[:, torso] > 0).all() and (clip[2][per_frame[2] == 255] == clip[2].max()).all()  # nearest = whitest
+
+
+def test_unknown_depth_range_is_named(renderer, sphere):
+    v, f = sphere
+    with pytest.raises(MarionetteError, match="depth range"):
+        renderer.render_sequence(v[None], f, CAMERA, maps=("depth",), depth_range="global")

@@ -1,17 +1,20 @@
 """SMPLify-X-style fitting of a body model to 2D keypoints, in torch, for any BodyModel backend.
 
-Per frame, the camera (translation) and global orientation are estimated first from the torso
-(shoulders, neck, hips) with the person's facing (towards or away from the camera) read from the
-left/right order of their shoulders and hips; then pose, shape and (SMPL-X) expression follow,
-with the pose prior annealed from strong to weak. Sequences are fitted in chunks of frames: one
-shape shared by all frames, temporal smoothness of pose and translation inside a chunk and across
-chunk borders, each chunk warm-started from the previous chunk's last frame. Frames without a
-usable person are interpolated from their neighbours and flagged.
+First the global orientation of every frame is chosen for the whole clip (orientation.py): turns
+about the body's vertical over a full circle are fitted to the torso and head keypoints, and one
+per frame is picked for the clip with facing cues (the face seen or not, a 3D prior's facing) and a
+cost on turning between frames. Then pose, shape and (SMPL-X) expression follow, with the pose
+prior annealed from strong to weak, and, when 3D keypoints are given (BlazePose's world landmarks),
+a term that makes each limb point towards or away from the camera as they do. Sequences are
+fitted in chunks of frames: one shape shared by all frames, temporal smoothness of pose and
+translation inside a chunk and across chunk borders, each chunk warm-started from the previous
+chunk's last frame. Frames without a usable person are interpolated from their neighbours and
+flagged.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -20,92 +23,15 @@ from scipy.spatial.transform import Rotation
 
 from ..errors import MarionetteError, NoPersonError
 from ..pose.types import BODY, PoseFrame
+from . import depth_prior as D
+from . import fit_assembly as A
 from . import fit_losses as L
+from . import orientation as O
+from .fit_assembly import blend_orientation as _blend_orientation  # noqa: F401  (tests use it)
+from .fit_assembly import fill_missing as _fill_missing
+from .fit_options import AWAY, FACING, FitOptions, default_focal, fit_options  # noqa: F401  (public here)
 from .model import axis_angle_to_matrix, to_camera
 from .types import BodySequence, Camera
-
-# Default focal: a 50° field of view across the longer image side (see FitOptions.focal).
-DEFAULT_FOV_DEGREES = 50.0
-FACING = (math.pi, 0.0, 0.0)   # global orientation of a person facing the camera (180° about x)
-AWAY = (0.0, 0.0, math.pi)     # ... of a person seen from behind (180° about z)
-
-
-def default_focal(width: int, height: int) -> float:
-    """Focal length (px) of a DEFAULT_FOV_DEGREES field of view across the longer image side."""
-    return max(width, height) / 2 / math.tan(math.radians(DEFAULT_FOV_DEGREES) / 2)
-
-
-@dataclass
-class FitOptions:
-    """Settings of the body fit. Loss weights are relative to the reprojection term, which sums each
-    keypoint's confidence · GMoF(pixel residual²) divided by the person's 2D size² (the diagonal
-    of the visible body keypoints' bbox), so it does not depend on the resolution.
-
-    Defaults measured on the Anny renders (24-frame 512² driving clip, filmed at 40° across the
-    longer side; body-joint 2D error vs ground truth, from ground-truth / BlazePose keypoints):
-    - focal 50° across the longer side: 2.7 / 4.5 px; the true focal: 3.2 / 4.6 px; Champ/HMR2's
-      5000/256·max(W, H) (~3° view): 9.0 / 9.8 px, a near-orthographic camera cannot reproduce the
-      perspective of an ordinary lens;
-    - L-BFGS (30, 70) pose iterations: 2.7 px at 0.55 s/frame; (50, 100): 2.3 px at ~0.9 s/frame;
-      Adam (100, 200) at lr 0.02: 2.0 px at ~1.6 s/frame;
-    - hand weight 0.1: BlazePose body 4.5 px, 74 mm MPJPE-PA; 0.5: 5.1 px (hands pull the wrists);
-      0: 4.3 px but unfitted hands;
-    - GMoF sigma 100 px (SMPLify-X's value): sigma 30-50 px was worse on BlazePose keypoints;
-    - 20° starting bend of elbows/knees: 70 mm MPJPE-PA against 79 mm from straight limbs.
-    Pose/shape prior and smoothness weights changed little between 1e-4 and 1e-3 (in the noise)."""
-    focal: float | None = None           # px; None: default_focal(W, H) (50° across the longer side)
-    optimizer: str = "lbfgs"             # "lbfgs" (strong-Wolfe line search) or "adam"
-    lr: float | None = None              # None: 1.0 for L-BFGS, 0.02 for Adam
-    camera_iterations: int = 100         # stage 1: translation + global orientation (cheap: no body model)
-    pose_iterations: tuple = (30, 70)    # later stages: everything, one entry per stage
-    pose_prior_anneal: tuple = (10.0, 1.0)  # pose-prior weight multiplier of each later stage
-    sigma: float = 100.0                 # GMoF robustifier scale, px
-    pose_prior_weight: float = 1e-3
-    shape_prior_weight: float = 1e-3     # per fitted frame (the shape is shared)
-    expression_prior_weight: float = 1e-3  # per fitted frame, on the squared expression coefficients
-    smooth_pose_weight: float = 1e-2     # squared change per frame of the rotations (radians²)
-    smooth_translation_weight: float = 1.0  # squared change per frame of translation / depth
-    depth_weight: float = 1e-2           # stage 1: keeps the depth near its torso-size estimate
-    camera_head_weight: float = 0.5      # stage 1: weight of nose, eyes and ears next to the torso
-    limb_flexion: float = 20.0           # degrees of elbow/knee bend in the starting pose
-    yaw_hypotheses: tuple = (0.0, -30.0, 30.0, -60.0, 60.0, -90.0, 90.0)  # stage 1 start turns, degrees
-    hand_weight: float = 0.1             # multiplies each hand keypoint's confidence (42 points ≈ 4 body points)
-    face_weight: float = 0.05            # multiplies each face keypoint's confidence (68 points ≈ 3 body points)
-    min_score: float = 0.0               # keypoints scoring below this count as missing
-    min_keypoints: int = 4               # fewer visible body keypoints: nobody in that frame
-    chunk: int = 16                      # frames optimised together
-    shape_frames: int = 8                # frames (spread over the clip) that fit the shared shape
-    extra: dict = field(default_factory=dict)  # free-form notes copied into BodySequence.info
-
-    def check(self) -> None:
-        if self.optimizer not in ("lbfgs", "adam"):
-            raise MarionetteError(f"Unknown optimizer '{self.optimizer}'.", "Use 'lbfgs' or 'adam'.")
-        if len(self.pose_iterations) != len(self.pose_prior_anneal):
-            raise MarionetteError("pose_iterations and pose_prior_anneal differ in length.",
-                                  "Give one pose-prior multiplier per pose stage.")
-        if self.chunk < 1 or self.shape_frames < 1 or self.min_keypoints < 2:
-            raise MarionetteError("chunk and shape_frames must be >= 1 and min_keypoints >= 2.",
-                                  "Use positive chunk sizes and at least 2 keypoints.")
-        if self.focal is not None and not self.focal > 0:
-            raise MarionetteError(f"focal={self.focal} is not a positive length.", "Use a focal in pixels > 0.")
-        if not self.sigma > 0:
-            raise MarionetteError(f"sigma={self.sigma} is not positive.", "Use a GMoF scale in pixels > 0.")
-
-
-def fit_options(iterations: int | None = None, temporal_smoothing: float = 1.0, **changes) -> FitOptions:
-    """FitOptions from a node's controls: `iterations` per stage (camera stage and each pose stage),
-    `temporal_smoothing` multiplies both smoothness weights; other fields by name."""
-    options = FitOptions(**changes)
-    if iterations is not None:
-        if int(iterations) < 1:
-            raise MarionetteError(f"iterations={iterations} is not positive.", "Use at least 1 iteration per stage.")
-        options.camera_iterations = int(iterations)
-        options.pose_iterations = tuple(int(iterations) for _ in options.pose_iterations)
-    if not float(temporal_smoothing) >= 0:
-        raise MarionetteError(f"temporal_smoothing={temporal_smoothing} is negative.", "Use a weight >= 0.")
-    options.smooth_pose_weight *= float(temporal_smoothing)
-    options.smooth_translation_weight *= float(temporal_smoothing)
-    return options
 
 
 @dataclass
@@ -129,31 +55,78 @@ class _Fitter:
         part = np.ones(L.KEYPOINTS, np.float32)
         part[L.HANDS], part[L.FACE_POINTS] = options.hand_weight, options.face_weight
         with torch.no_grad():
-            if model.forward(model.zero_pose(1), model.default_betas()).face is None:
-                part[L.FACE_POINTS] = 0.0          # a body without face points ignores face keypoints
+            self.has_face = model.forward(model.zero_pose(1), model.default_betas()).face is not None
+        if not self.has_face:
+            part[L.FACE_POINTS] = 0.0              # a body without face points ignores face keypoints
+        self.part = part
         self.weight = torch.from_numpy(targets.conf * part)
         self.size = torch.from_numpy(targets.person_size(0.05 * max(width, height)).astype(np.float32))
-        self.facing = L.facing_camera(targets)
+        self.face_cue = O.face_cues(targets)
+        self.world_cue = O.world_facing(targets.world)
+        self.world = None if targets.world is None else torch.from_numpy(targets.world.astype(np.float32))
+        self.orientation = np.tile(np.asarray(FACING, np.float32), (len(targets.xy), 1))
+        self.swapped = np.zeros(len(targets.xy), bool)
+        swapped = L.Targets(targets.xy.copy(), targets.conf.copy(), targets.usable,
+                            None if targets.world is None else targets.world.copy())
+        O.swap_targets(swapped.xy, swapped.conf, swapped.world, np.arange(len(targets.xy)))
+        self.xy_swapped, self.weight_swapped = torch.from_numpy(swapped.xy), torch.from_numpy(swapped.conf * part)
         self.fits_expression = model.num_expression > 0 and bool((targets.conf[:, L.FACE_POINTS] > 0).any())
 
     # ------------------------------------------------------------------ initial camera and pose
     def initial_pose(self, idx: np.ndarray, warm: torch.Tensor | None) -> torch.Tensor:
-        """The rest pose (or the warm-start pose) with each frame's facing hypothesis as orientation
-        wherever the warm pose faces the other way."""
+        """The warm-start pose (or the rest pose with bent limbs) turned to each frame's orientation
+        from the clip's orientation pass."""
         pose = self.model.zero_pose(len(idx)).detach().clone().float()
         if warm is not None:
             pose[:] = warm
         else:
             pose += self.bent_limbs()
-        facing = torch.from_numpy(self.facing[idx])
-        hypothesis = torch.where(facing[:, None], torch.tensor(FACING), torch.tensor(AWAY))
-        if warm is None:
-            pose[:, :3] = hypothesis
-        else:
-            warm_faces = axis_angle_to_matrix(pose[:, :3])[:, 2, 2] < 0   # body +z points at the camera
-            flip = warm_faces != facing
-            pose[flip, :3] = hypothesis[flip]
+        pose[:, :3] = torch.from_numpy(self.orientation[idx])
         return pose
+
+    def orient(self, idx: np.ndarray, betas: torch.Tensor, previous=None) -> None:
+        """The orientation pass over frames `idx` (clip order, see orientation.py): sets
+        self.orientation[idx] and, where the keypoints are read with left and right exchanged,
+        swaps them in the targets (and self.swapped). `previous` = (pose [P], translation, frame
+        index) of a fixed frame before them."""
+        o = self.options
+        pose = self.model.zero_pose(len(idx)).detach().clone().float() + self.bent_limbs()
+        pose[:, :3] = torch.tensor(FACING)
+        start = self.initial_translation(idx, pose, betas.detach(), None)
+        with torch.no_grad():
+            points = L.model_keypoints(self.model.forward(pose, betas.detach(), None))
+        h, n = len(o.yaw_hypotheses), len(idx)
+        kinds = (False, True) if o.swap_weight is not None else (False,)
+        rot, cost = [], []
+        for swapped in kinds:
+            r, _, c = self.camera_stage(idx, pose[:, :3], start, start[:, 2:3].clamp(min=0.1), points,
+                                        o.yaw_hypotheses, swapped)
+            rot.append(r.reshape(h, n, 3))
+            cost.append(c.numpy().reshape(h, n) + (o.swap_weight if swapped else 0.0))
+        rot, cost = torch.cat(rot), np.concatenate(cost)
+        matrices = axis_angle_to_matrix(rot).numpy().astype(np.float64)
+        facing = -matrices[..., 2, 2]                         # +1: the body's front towards the camera
+        unary = cost.copy()
+        for k, swapped in enumerate(kinds):
+            value, conf = (a[idx] for a in self.world_cue) if len(self.world_cue[0]) else self.world_cue
+            rows = slice(k * h, (k + 1) * h)
+            unary[rows] += O.cue_costs(facing[rows], self.face_cue[idx], (-value if swapped else value, conf),
+                                       o.face_cue_weight, o.world_cue_weight)
+        gaps = np.diff(np.concatenate([[previous[2] if previous is not None else idx[0] - 1], idx]))
+        before = None
+        if previous is not None:
+            before = axis_angle_to_matrix(previous[0][None, :3].float()).numpy()[0].astype(np.float64)
+        groups = np.repeat(np.arange(len(kinds)), h)
+        path = O.best_path(unary, matrices, gaps.astype(np.float64), o.turn_weight, before, groups,
+                           o.swap_change_weight)
+        self.orientation[idx] = rot[torch.from_numpy(path), torch.arange(n)].numpy()
+        rows = idx[path >= h]
+        self.swapped[rows] = True
+        O.swap_targets(self.targets.xy, self.targets.conf, self.targets.world, rows)
+        self.xy = torch.from_numpy(self.targets.xy)
+        self.weight = torch.from_numpy(self.targets.conf * self.part)
+        if self.world is not None:
+            self.world = torch.from_numpy(self.targets.world.astype(np.float32))
 
     def bent_limbs(self) -> torch.Tensor:
         """[P] elbows and knees (the model's `hinges`) flexed by `options.limb_flexion`. Straight limbs
@@ -193,13 +166,16 @@ class _Fitter:
         o = self.options
         if points is None:
             points = L.model_keypoints(self.model.forward(pose, betas, expression))
-        pixels = L.project(to_camera(points, pose, translation), self.focal, self.width, self.height)
+        cam = to_camera(points, pose, translation)
+        pixels = L.project(cam, self.focal, self.width, self.height)
         n = len(idx)
         terms = {"data": L.reprojection(pixels, self.xy[idx], weight, self.size[idx], o.sigma).sum(),
                  "pose_prior": o.pose_prior_weight * prior_scale * self.model.pose_prior(pose).sum(),
                  "shape_prior": o.shape_prior_weight * n * self.model.shape_prior(betas)}
         if expression is not None and expression.numel():
             terms["expression_prior"] = o.expression_prior_weight * n * (expression ** 2).sum()
+        if self.world is not None and o.limb_depth_weight > 0:
+            terms["limb_depth"] = o.limb_depth_weight * D.limb_depth(cam, self.world[idx]).sum()
         if gaps is not None:
             depth = translation[:, 2].detach().mean().clamp(min=0.1)
             prev_pose, prev_t = previous if previous is not None else (None, None)
@@ -228,7 +204,7 @@ class _Fitter:
         depth0 = start[:, 2:3].clamp(min=0.1)
         with torch.no_grad():   # the body itself does not move in the camera stage
             points = L.model_keypoints(self.model.forward(pose, betas, expr))
-        orient, shift = self.camera_stage(idx, pose[:, :3], start, depth0, points)
+        orient, shift, _ = self.camera_stage(idx, pose[:, :3], start, depth0, points, (0.0,))
         offset = shift.clone().requires_grad_(True)       # translation = start + depth0 · offset
         pose = torch.cat([orient, pose[:, 3:]], 1).requires_grad_(True)
         params = [pose, offset] + ([betas] if fit_betas else []) + ([expr] if fit_expression else [])
@@ -245,25 +221,26 @@ class _Fitter:
                        expression.detach().clone() if expr is None else expr.detach().clone(),
                        final["_pixels"].numpy(), losses)
 
-    def camera_stage(self, idx, orient, start, depth0, points) -> tuple[torch.Tensor, torch.Tensor]:
+    def camera_stage(self, idx, orient, start, depth0, points, yaws, swapped: bool = False) -> tuple[torch.Tensor, ...]:
         """Global orientation and translation offset of each frame from the torso and head keypoints,
-        the body's pose held still. Each yaw hypothesis (a turn about the body's vertical axis) is
-        optimised, and the best per frame kept: a torso seen straight on is a stationary point for
-        yaw, so gradient descent alone would never turn it."""
+        the body's pose held still, from each start turn in `yaws` (degrees about the body's
+        vertical; a torso seen straight on is a stationary point for yaw, so gradient descent alone
+        would never turn it); `swapped`: with the keypoints' left and right exchanged. Returns
+        hypothesis-major rows [H·n]: orientation, offset, cost."""
         o = self.options
-        n, h = len(idx), len(o.yaw_hypotheses)
+        n, h = len(idx), len(yaws)
         base = Rotation.from_rotvec(orient.numpy().astype(np.float64))
-        turns = [(base * Rotation.from_rotvec([0.0, math.radians(y), 0.0])).as_rotvec() for y in o.yaw_hypotheses]
+        turns = [(base * Rotation.from_rotvec([0.0, math.radians(y), 0.0])).as_rotvec() for y in yaws]
         rot = torch.tensor(np.concatenate(turns), dtype=torch.float32).requires_grad_(True)
         offset = torch.zeros(h * n, 3, requires_grad=True)
         part = torch.zeros(L.KEYPOINTS)
         part[list(L.TORSO)] = 1.0
         part[list(L.HEAD)] = o.camera_head_weight
-        weight = self.weight[idx] * part
-        has_torso = (self.weight[idx][:, list(L.TORSO)] > 0).sum(1, keepdim=True) >= 2
-        weight = torch.where(has_torso, weight, self.weight[idx] * (torch.arange(L.KEYPOINTS) < BODY).float())
+        target, full = (self.xy_swapped[idx], self.weight_swapped[idx]) if swapped else (self.xy[idx], self.weight[idx])
+        has_torso = (full[:, list(L.TORSO)] > 0).sum(1, keepdim=True) >= 2
+        weight = torch.where(has_torso, full * part, full * (torch.arange(L.KEYPOINTS) < BODY).float())
         rows = lambda x: x.repeat(h, *([1] * (x.dim() - 1)))  # noqa: E731  (hypothesis-major rows)
-        pts, st, d0, xy, w, size = rows(points), rows(start), rows(depth0), rows(self.xy[idx]), rows(weight), \
+        pts, st, d0, xy, w, size = rows(points), rows(start), rows(depth0), rows(target), rows(weight), \
             rows(self.size[idx])
 
         def per_row():
@@ -272,8 +249,8 @@ class _Fitter:
 
         self.minimise([rot, offset], lambda: per_row().sum(), o.camera_iterations)
         with torch.no_grad():
-            best = per_row().reshape(h, n).argmin(0) * n + torch.arange(n)
-        return rot.detach()[best], offset.detach()[best]
+            cost = per_row()
+        return rot.detach(), offset.detach(), cost
 
     def minimise(self, params: list, loss_fn: Callable[[], torch.Tensor], iterations: int) -> None:
         """Runs the chosen optimiser; a step that produces non-finite values is undone."""
@@ -313,7 +290,8 @@ def _rotation_features(pose: torch.Tensor) -> torch.Tensor:
 
 def fit_reference(model, frame: PoseFrame, options: FitOptions | None = None,
                   on_progress: Callable[[int, int], None] | None = None) -> BodySequence:
-    """Fits pose, shape (and SMPL-X expression when face keypoints exist) to one image's first person."""
+    """Fits pose, shape (and SMPL-X expression when face keypoints exist) to one image's first person
+    (with its 3D keypoints as depth prior where the frame has them, PoseFrame.world)."""
     if not isinstance(frame, PoseFrame):
         raise MarionetteError("fit_reference needs one PoseFrame.", "Pass the reference image's pose frame.")
     options = options or FitOptions()
@@ -325,6 +303,7 @@ def fit_reference(model, frame: PoseFrame, options: FitOptions | None = None,
                             "Use a reference image showing one person, or check the pose detector's output.")
     fitter = _Fitter(model, targets, frame.width, frame.height, options)
     idx = np.array([0])
+    fitter.orient(idx, model.default_betas())
     res = fitter.fit(idx, model.default_betas(), True, _zero_expression(model), fitter.fits_expression)
     if on_progress is not None:
         on_progress(1, 1)
@@ -334,7 +313,8 @@ def fit_reference(model, frame: PoseFrame, options: FitOptions | None = None,
 def fit_sequence(model, frames: list[PoseFrame], betas=None, options: FitOptions | None = None,
                  on_progress: Callable[[int, int], None] | None = None) -> BodySequence:
     """Fits every frame's first person. `betas` given: the shape is fixed; else one shape is fitted
-    for the whole clip. Frames without a usable person are interpolated and flagged (frame_ok)."""
+    for the whole clip. Frames without a usable person are interpolated and flagged (frame_ok).
+    Frames with 3D keypoints (PoseFrame.world) use them as depth prior."""
     options = options or FitOptions()
     options.check()
     width, height = _frame_size(frames)
@@ -347,6 +327,7 @@ def fit_sequence(model, frames: list[PoseFrame], betas=None, options: FitOptions
     total = len(frames)
     shape = _shape_tensor(model, betas)
     expression = _zero_expression(model)
+    fitter.orient(valid, shape)
     single_chunk = len(valid) <= options.chunk
     if not single_chunk and (betas is None or fitter.fits_expression):
         # One shape (and expression) for the clip, from frames spread over it.
@@ -424,58 +405,21 @@ def _sequence(model, fitter: _Fitter, results: list[_Result], chunks: list[np.nd
     for res, idx in zip(results, chunks):
         pose[idx], translation[idx], pixels[idx] = res.pose.numpy(), res.translation.numpy(), res.pixels
     pose, translation = _fill_missing(pose, translation, ok)
-    fitted = fitter.targets.subset(ok)
     names = sorted({k for r in results for k in r.losses})
     losses = {k: sum(r.losses.get(k, 0.0) for r in results) / max(int(ok.sum()), 1) for k in names}
     info = {"losses_per_frame": losses, "loss_per_frame": sum(losses.values()),
-            "reprojection_px": L.mean_error_px(pixels[ok], fitted),
-            "reprojection_px_hands": L.mean_error_px(pixels[ok], fitted, L.HANDS),
-            "reprojection_px_face": L.mean_error_px(pixels[ok], fitted, L.FACE_POINTS),
             "focal": fitter.focal, "optimizer": options.optimizer, "interpolated": int((~ok).sum()),
+            "swapped_frames": [int(i) for i in np.flatnonzero(fitter.swapped)],
             "frames": t, **options.extra}
-    if (~ok).any():
-        info["message"] = f"interpolated {int((~ok).sum())} frames"
+    info.update(A.fit_report(pixels[ok], fitter.targets.subset(ok), fitter.size.numpy()[ok], np.flatnonzero(ok),
+                             fitter.has_face, options.limb_error_threshold))
+    info["swapped_note"] = (f"keypoints read with left and right swapped in frame(s) "
+                            f"{A.frame_ranges(info['swapped_frames'])}") if info["swapped_frames"] else ""
+    notes = [f"interpolated {int((~ok).sum())} frames"] if (~ok).any() else []
+    notes += [n for n in (info["limbs_off_note"], info["swapped_note"]) if n]
+    if notes:
+        info["message"] = "; ".join(notes)
     return BodySequence(model=model.name, gender=model.gender, betas=betas.numpy(), expression=expression.numpy(),
                         pose=pose, translation=translation,
-                        camera=Camera(fitter.focal, fitter.width, fitter.height), frame_ok=ok.copy(), info=info)
-
-
-def _fill_missing(pose: np.ndarray, translation: np.ndarray, ok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Frames without a person: linear interpolation between the nearest fitted frames (the global
-    orientation through quaternions), the nearest fitted frame at the clip's ends."""
-    pose, translation = pose.copy(), translation.copy()
-    good = np.flatnonzero(ok)
-    for i in np.flatnonzero(~ok):
-        after = good[good > i]
-        before = good[good < i]
-        if not len(before) or not len(after):
-            j = after[0] if len(after) else before[-1]
-            pose[i], translation[i] = pose[j], translation[j]
-            continue
-        a, b = before[-1], after[0]
-        w = (i - a) / (b - a)
-        pose[i] = (1 - w) * pose[a] + w * pose[b]
-        pose[i, :3] = _blend_orientation(pose[a, :3], pose[b, :3], w)
-        translation[i] = (1 - w) * translation[a] + w * translation[b]
-    return pose, translation
-
-
-def _blend_orientation(a: np.ndarray, b: np.ndarray, w: float) -> np.ndarray:
-    """Normalised quaternion blend of two axis-angle rotations, returned as the axis-angle nearest `a`."""
-    qa, qb = _quaternion(a), _quaternion(b)
-    if np.dot(qa, qb) < 0:
-        qb = -qb
-    q = (1 - w) * qa + w * qb
-    q /= np.linalg.norm(q)
-    angle = 2 * math.atan2(np.linalg.norm(q[1:]), q[0])
-    axis = q[1:] / max(np.linalg.norm(q[1:]), 1e-12)
-    aa = axis * angle
-    alt = aa - axis * 2 * math.pi      # the same rotation the other way round
-    return (aa if np.linalg.norm(aa - a) <= np.linalg.norm(alt - a) else alt).astype(np.float32)
-
-
-def _quaternion(aa: np.ndarray) -> np.ndarray:
-    angle = float(np.linalg.norm(aa))
-    if angle < 1e-12:
-        return np.array([1.0, 0.0, 0.0, 0.0])
-    return np.concatenate([[math.cos(angle / 2)], np.asarray(aa, np.float64) / angle * math.sin(angle / 2)])
+                        camera=Camera(fitter.focal, fitter.width, fitter.height), frame_ok=ok.copy(), info=info,
+                        keypoints=np.concatenate([fitter.targets.xy[:, :BODY], fitter.targets.conf[:, :BODY, None]], -1))

@@ -2,8 +2,9 @@
 
 Every 2D keypoint of a PoseFrame person (OpenPose body 18, left hand 21, right hand 21, iBUG face 68)
 is one target row; the body model's BodyOutput gives the matching 3D points in the same order.
-Reprojection residuals are in pixels, robustified by Geman-McClure (GMoF) and divided by the
-square of the person's 2D size, so the balance against the priors does not depend on the image
+Reprojection residuals are divided by the person's 2D size (the diagonal of the visible body
+keypoints' bbox) and robustified by Geman-McClure (GMoF) at a scale that is a fraction of that size,
+so neither the balance against the priors nor which points count as outliers depends on the image
 resolution or on how large the person appears.
 """
 from __future__ import annotations
@@ -23,8 +24,6 @@ NOSE, NECK, R_SHOULDER, L_SHOULDER, R_HIP, L_HIP = 0, 1, 2, 5, 8, 11
 R_EYE, L_EYE, R_EAR, L_EAR = 14, 15, 16, 17
 TORSO = (NECK, R_SHOULDER, L_SHOULDER, R_HIP, L_HIP)
 HEAD = (NOSE, R_EYE, L_EYE, R_EAR, L_EAR)
-# (left, right) pairs whose image order tells whether the person faces the camera, most reliable first
-LEFT_RIGHT = ((L_SHOULDER, R_SHOULDER), (L_HIP, R_HIP), (L_EAR, R_EAR), (L_EYE, R_EYE))
 
 
 @dataclass
@@ -33,9 +32,11 @@ class Targets:
     xy: np.ndarray       # [T, K, 2]
     conf: np.ndarray     # [T, K]
     usable: np.ndarray   # [T] bool: a person with enough body keypoints to fit
+    world: np.ndarray | None = None  # [T, 18, 4] 3D keypoints (camera axes, metres) + score, or None
 
     def subset(self, index) -> "Targets":
-        return Targets(self.xy[index], self.conf[index], self.usable[index])
+        return Targets(self.xy[index], self.conf[index], self.usable[index],
+                       None if self.world is None else self.world[index])
 
     def person_size(self, floor: float) -> np.ndarray:
         """[T] diagonal (px) of the bbox of the visible body keypoints, at least `floor`."""
@@ -61,20 +62,22 @@ def keypoint_targets(frames: list[PoseFrame], min_score: float, min_keypoints: i
         xy[i] = np.where(keep[:, None], pts[:, :2], 0.0)
         conf[i] = np.where(keep, np.clip(score, 0.0, 1.0), 0.0)
     usable = (conf[:, :BODY] > 0).sum(1) >= min_keypoints
-    return Targets(xy, conf, usable)
+    return Targets(xy, conf, usable, world_prior(frames, conf[:, :BODY]))
 
 
-def facing_camera(targets: Targets) -> np.ndarray:
-    """[T] bool: the person's left side is on the image's right (they face the camera), judged from
-    the first left/right pair seen in each frame (shoulders, hips, ears, eyes); True when none is."""
-    out = np.ones(len(targets.xy), bool)
-    for i in range(len(out)):
-        votes = []
-        for left, right in LEFT_RIGHT:
-            if targets.conf[i, left] > 0 and targets.conf[i, right] > 0:
-                votes.append(targets.xy[i, left, 0] - targets.xy[i, right, 0])
-        if votes:
-            out[i] = sum(votes[:2]) > 0
+def world_prior(frames: list[PoseFrame], body_conf: np.ndarray) -> np.ndarray | None:
+    """[T, 18, 4] the first person's 3D body keypoints (PoseFrame.world: metres, camera axes) with
+    their 2D scores (0 where missing or not finite), or None when no frame has any."""
+    if not any(f.world is not None and f.num_people for f in frames):
+        return None
+    out = np.zeros((len(frames), BODY, 4), np.float32)
+    for i, frame in enumerate(frames):
+        if frame.world is None or frame.num_people == 0:
+            continue
+        pts = np.asarray(frame.world[0], np.float32)
+        ok = np.isfinite(pts).all(1)
+        out[i, ok, :3] = pts[ok]
+        out[i, ok, 3] = body_conf[i, ok]
     return out
 
 
@@ -100,9 +103,10 @@ def gmof(squared: torch.Tensor, sigma: float) -> torch.Tensor:
 
 def reprojection(pixels: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, size: torch.Tensor,
                  sigma: float) -> torch.Tensor:
-    """[B] sum over keypoints of weight · GMoF(|residual|²) / person size²."""
-    squared = ((pixels - target) ** 2).sum(-1)
-    return (weight * gmof(squared, sigma)).sum(-1) / size ** 2
+    """[B] sum over keypoints of weight · GMoF(|residual / person size|², sigma): residuals and the
+    robust scale `sigma` are fractions of the person's size [B]."""
+    squared = ((pixels - target) ** 2).sum(-1) / size[:, None] ** 2
+    return (weight * gmof(squared, sigma)).sum(-1)
 
 
 def smoothness(values: torch.Tensor, previous: torch.Tensor | None, gaps: torch.Tensor) -> torch.Tensor:
@@ -113,12 +117,3 @@ def smoothness(values: torch.Tensor, previous: torch.Tensor | None, gaps: torch.
         return values.new_zeros(())
     steps = gaps if previous is not None else gaps[1:]
     return (((seq[1:] - seq[:-1]) ** 2).sum(-1) / steps).sum()
-
-
-def mean_error_px(pixels: np.ndarray, targets: Targets, part: slice = slice(0, BODY)) -> float:
-    """Mean pixel distance over the visible keypoints of `part` (nan if none)."""
-    vis = targets.conf[:, part] > 0
-    if not vis.any():
-        return float("nan")
-    err = np.linalg.norm(pixels[:, part] - targets.xy[:, part], axis=-1)
-    return float(err[vis].mean())

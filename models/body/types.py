@@ -49,6 +49,7 @@ class BodySequence:
     camera: Camera
     frame_ok: np.ndarray = field(default=None)  # [T] bool: False where no person was seen (carried over)
     info: dict = field(default_factory=dict)    # fit diagnostics (losses, reprojection error px, …)
+    keypoints: np.ndarray | None = None         # [T, 18, 3] the 2D body keypoints fitted (x, y, score; 0 = none)
 
     def __post_init__(self):
         self.betas = np.asarray(self.betas, np.float32).reshape(-1)
@@ -60,6 +61,8 @@ class BodySequence:
         if self.frame_ok is None:
             self.frame_ok = np.ones(len(self.pose), bool)
         self.frame_ok = np.asarray(self.frame_ok, bool).reshape(-1)
+        if self.keypoints is not None:
+            self.keypoints = np.asarray(self.keypoints, np.float32).reshape(len(self.pose), 18, 3)
 
     @property
     def num_frames(self) -> int:

@@ -6,6 +6,8 @@ Inputs are plain arrays in OpenCV camera space (metres; x right, y down, z forwa
 Every map is uint8 RGB [H, W, 3] with a black background:
 
 * depth    — Champ: per-frame min-max over the body, inverted (nearest body point 255, farthest 0);
+             or, with depth_range="clip", one window for the whole clip that moves with the body's
+             mean depth (`clip_depth_windows`), so a hand moving forward does not re-grey the torso;
 * normal   — Champ: smooth camera-space normal, OpenGL axes (x right, y up, z towards the viewer),
              (n + 1)/2 per channel, so a surface facing the camera is (128, 128, 255);
 * semantic — Champ's 24 SMPL parts in its viridis palette (`SEMANTIC_PALETTE`), one exact palette
@@ -31,6 +33,7 @@ from . import palette
 from .gl import Rasterizer, corner_vertices, linear_depth, projection_matrix
 
 MAPS = ("depth", "normal", "semantic", "mask", "dense")
+DEPTH_RANGES = ("frame", "clip")   # Champ's per-frame min-max (what it was trained on), or clip-stable
 _NEEDS_COLOUR = frozenset(("normal", "semantic", "dense"))
 ProgressFn = Callable[[int, int], None]
 
@@ -128,6 +131,23 @@ def _view_directions(mask: np.ndarray, fx: float, fy: float) -> np.ndarray:
     return -ray * CV_TO_GL
 
 
+def clip_depth_windows(verts_seq: np.ndarray) -> np.ndarray:
+    """[T, 2] (near, far) per frame for clip-stable depth: centred on the frame's mean vertex depth
+    (which moves with the body, not with a limb), one width for the whole clip, wide enough that no
+    body point of any frame falls outside its window."""
+    z = np.asarray(verts_seq, np.float64)[..., 2]
+    centre = z.mean(1)
+    half = max(float(np.abs(z - centre[:, None]).max()), 1e-6)
+    return np.stack([centre - half, centre + half], axis=1)
+
+
+def _check_depth_range(depth_range: str) -> str:
+    if depth_range not in DEPTH_RANGES:
+        raise MarionetteError(f"Unknown depth range '{depth_range}'.",
+                              f"Use one of: {', '.join(DEPTH_RANGES)} ('frame' is Champ's per-frame min-max).")
+    return depth_range
+
+
 # ----------------------------------------------------------------------------------------- renderer
 
 class GuidanceRenderer:
@@ -159,20 +179,24 @@ class GuidanceRenderer:
         except Exception:  # interpreter shutdown: GL may already be gone
             pass
 
-    def render(self, vertices_cam, faces, camera: Camera, part_labels=None, maps=MAPS) -> dict[str, np.ndarray]:
-        """One frame's maps: {name: uint8 [H, W, 3]} for each name in `maps` (see the module doc)."""
+    def render(self, vertices_cam, faces, camera: Camera, part_labels=None, maps=MAPS,
+               depth_window: tuple[float, float] | None = None) -> dict[str, np.ndarray]:
+        """One frame's maps: {name: uint8 [H, W, 3]} for each name in `maps` (see the module doc);
+        `depth_window` (near, far) in metres replaces the per-frame min-max of the depth map."""
         maps = _check_maps(maps)
         _check_camera(camera)
         v = _check_vertices(vertices_cam)
         faces = _check_faces(faces, len(v))
         labels = _check_labels(part_labels, len(v), maps)
-        return self._render(v, faces, camera, labels, maps)
+        return self._render(v, faces, camera, labels, maps, depth_window)
 
     def render_sequence(self, verts_seq, faces, camera: Camera, part_labels=None, maps=MAPS,
-                        on_progress: ProgressFn | None = None) -> dict[str, np.ndarray]:
+                        on_progress: ProgressFn | None = None, depth_range: str = "frame") -> dict[str, np.ndarray]:
         """Every frame of [T, V, 3] → {name: uint8 [T, H, W, 3]}. on_progress(done, total) runs after each
-        frame; an exception it raises (a cancel) stops the loop and propagates."""
+        frame; an exception it raises (a cancel) stops the loop and propagates. depth_range "frame":
+        Champ's per-frame min-max; "clip": clip-stable windows (clip_depth_windows)."""
         maps = _check_maps(maps)
+        depth_range = _check_depth_range(depth_range)
         _check_camera(camera)
         seq = np.asarray(verts_seq, np.float64)
         if seq.ndim != 3 or seq.shape[-1] != 3 or len(seq) == 0:
@@ -181,9 +205,12 @@ class GuidanceRenderer:
         faces = _check_faces(faces, seq.shape[1])
         labels = _check_labels(part_labels, seq.shape[1], maps)
         out = {m: np.zeros((len(seq), self.height, self.width, 3), np.uint8) for m in maps}
+        # (non-finite vertices: no windows; the frame's own check below names the frame)
+        windows = clip_depth_windows(seq) if depth_range == "clip" and np.isfinite(seq).all() else None
         for t, frame in enumerate(seq):
             v = _check_vertices(frame, f"vertices of frame {t}")
-            for name, image in self._render(v, faces, camera, labels, maps).items():
+            window = None if windows is None else tuple(windows[t])
+            for name, image in self._render(v, faces, camera, labels, maps, window).items():
                 out[name][t] = image
             if on_progress is not None:
                 on_progress(t + 1, len(seq))
@@ -193,7 +220,7 @@ class GuidanceRenderer:
         return camera.focal * self.width / camera.width, camera.focal * self.height / camera.height
 
     def _render(self, v: np.ndarray, faces: np.ndarray, camera: Camera, labels: np.ndarray,
-                maps: tuple[str, ...]) -> dict[str, np.ndarray]:
+                maps: tuple[str, ...], depth_window: tuple[float, float] | None = None) -> dict[str, np.ndarray]:
         fx, fy = self._intrinsics(camera)
         near, far = _clip_range(v[:, 2])
         projection = projection_matrix(fx, fy, self.width / 2, self.height / 2, self.width, self.height, near, far)
@@ -205,7 +232,9 @@ class GuidanceRenderer:
         out = {}
         for name in maps:
             if name == "depth":
-                out[name] = palette.encode_depth(linear_depth(window_depth, near, far), mask)
+                z = linear_depth(window_depth, near, far)
+                out[name] = palette.encode_depth(z, mask) if depth_window is None else \
+                    palette.encode_depth_window(z, mask, *depth_window)
             elif name == "mask":
                 out[name] = palette.encode_mask(mask)
             elif name == "normal":

@@ -49,6 +49,17 @@ def encode_depth(depth: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return grey_rgb(out)
 
 
+def encode_depth_window(depth: np.ndarray, mask: np.ndarray, near: float, far: float) -> np.ndarray:
+    """Depth in a fixed window: 255·clamp(1 − (d − near)/(far − near)) on body pixels, background 0.
+    With one window for a whole clip (see guidance.clip_depth_windows) the same depth keeps the
+    same grey from frame to frame; Champ's per-frame min-max does not (encode_depth)."""
+    out = np.zeros(mask.shape, np.uint8)
+    if mask.any():
+        d = depth[mask].astype(np.float64)
+        out[mask] = to_byte(1.0 - (d - near) / max(far - near, 1e-12))
+    return grey_rgb(out)
+
+
 def encode_normal(normal_gl: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Champ's normal map: camera-space unit normal, OpenGL axes (x right, y up, z towards the
     viewer), stored as (n + 1)/2 per channel; a surface facing the camera is (128, 128, 255)."""
