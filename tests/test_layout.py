@@ -21,6 +21,8 @@ LAYERS = {
     "stableanimator": {"core", "svd"},
     "dispose": {"core", "svd", "sd15", "pose"},
     "pipelines": {"core", "svd", "sd15", "mimicmotion", "stableanimator", "dispose"},
+    "champ": {"core", "sd15"},
+    "animate_anyone": {"core", "sd15"},
 }
 CHECKED = set(LAYERS) | {"pose", "body", "render", "synthetic"}  # a package outside LAYERS' values is refused
 NO_SYNTHETIC = ("body", "pose", "render", "vision")
