@@ -7,12 +7,16 @@ COCO 181 keypoints of 12 people, OCHuman 73 of 5, CrowdPose 43 of 4):
 
 | | before | now |
 |---|---|---|
-| COCO body | 0.878 | 0.923 |
+| COCO body | 0.878 | 0.945 |
 | OCHuman body | 0.726 | 0.726 (one of its 5 people stands hidden behind another in the same crop) |
-| CrowdPose body (12 limb joints + neck) | 0.558 | 0.651 |
+| CrowdPose body (12 limb joints + neck) | 0.558 | 0.628 |
 | COCO-WholeBody face (68 points, PCK@0.1 of the face box) | 0.732 | 0.739 |
 | COCO-WholeBody right / left hand (hand box) | 0.000 / 0.000 | 0.133 / 0.000 |
-| joints outside the frame reported, people cut at 1/2 and 2/3 height | 39/154 | 31/154 |
+| joints outside the frame reported, people cut at 1/2 and 2/3 height | 39/154 | 18/154 |
+| joints inside the frame reported, same people | 250/342 | 249/342 |
+
+(CrowdPose reached 0.651 with visibility-based scores, which reported twice as many joints outside
+the frame; the heatmap-evidence score trades one CrowdPose keypoint for 13 fewer invented joints.)
 """
 import numpy as np
 import pytest
@@ -22,9 +26,9 @@ import realdata_pose as RP
 
 pytestmark = pytest.mark.skipif(not RP.available(), reason=RP.MISSING_REASON)
 
-MIN_BODY_PCK = {"COCO": 0.92, "OCHuman": 0.72, "CrowdPose": 0.64}
+MIN_BODY_PCK = {"COCO": 0.94, "OCHuman": 0.72, "CrowdPose": 0.62}
 MIN_FACE_PCK, MIN_RIGHT_HAND_PCK = 0.73, 0.13
-MAX_OUT_OF_FRAME, MIN_CUT_RECALL = 0.21, 0.72
+MAX_OUT_OF_FRAME, MIN_CUT_RECALL = 0.12, 0.72
 
 
 @pytest.fixture(scope="module")

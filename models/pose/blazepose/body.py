@@ -60,6 +60,7 @@ class BodyResult:
     rect: R.Rect            # the ROI the landmarks came from
     next_rect: R.Rect       # ROI for the next frame (from the auxiliary landmarks)
     world: np.ndarray | None = None  # [33, 3] metres around the hip centre, x right, y down, z away
+    peak: np.ndarray | None = None   # [33] heatmap probability at the landmark (low: placed without evidence)
 
 
 def search_windows(height: int, width: int, side: float) -> list[R.Rect]:
@@ -138,6 +139,18 @@ def refine_from_heatmap(xy: np.ndarray, heatmap: np.ndarray, kernel: int = HEATM
     return out
 
 
+def heatmap_peaks(xy: np.ndarray, heatmap: np.ndarray, kernel: int = HEATMAP_KERNEL) -> np.ndarray:
+    """[N] highest heatmap probability in the window around each landmark (0 off the heatmap)."""
+    hm_h, hm_w, n = heatmap.shape
+    half = (kernel - 1) // 2
+    out = np.zeros(len(xy))
+    for i in range(min(n, len(xy))):
+        col, row = int(np.floor(xy[i, 0] / (LANDMARK_SIZE / hm_w))), int(np.floor(xy[i, 1] / (LANDMARK_SIZE / hm_h)))
+        if 0 <= col < hm_w and 0 <= row < hm_h:
+            out[i] = float(sigmoid(heatmap[max(0, row - half):row + half + 1, max(0, col - half):col + half + 1, i].max()))
+    return out
+
+
 class PoseLandmarker:
     """Runs pose_landmark_full on one ROI of a frame (optionally also on its mirror image)."""
 
@@ -145,35 +158,39 @@ class PoseLandmarker:
         self.model = load_model(path, LANDMARK_SIZE, 5, num_threads)
         self.refine, self.flip = refine, flip
 
-    def _run(self, tensor: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, np.ndarray]:
-        """Crop tensor → (xy [39, 2] crop px, visibility [39], presence [39], flag, world [39, 3])."""
+    def _run(self, tensor: np.ndarray):
+        """Crop tensor → (xy [39, 2] crop px, visibility [39], presence [39], flag, world [39, 3], peak [39])."""
         outputs = self.model(tensor)
         raw = outputs[0].reshape(-1, 5)
         xy = raw[:, :2].astype(np.float64)
+        peak = np.zeros(len(xy))
+        peak[:NUM_LANDMARKS] = heatmap_peaks(xy[:NUM_LANDMARKS], outputs[3][0])
         if self.refine:
             xy = refine_from_heatmap(xy, outputs[3][0])
         return (xy, sigmoid(raw[:, 3]), sigmoid(raw[:, 4]), float(np.asarray(outputs[1]).reshape(-1)[0]),
-                np.asarray(outputs[4], np.float64).reshape(-1, 3))
+                np.asarray(outputs[4], np.float64).reshape(-1, 3), peak)
 
     def _run_mirrored(self, tensor: np.ndarray):
-        xy, vis, pres, flag, world = self._run(np.ascontiguousarray(tensor[:, :, ::-1]))
+        xy, vis, pres, flag, world, peak = self._run(np.ascontiguousarray(tensor[:, :, ::-1]))
         xy[:, 0] = LANDMARK_SIZE - xy[:, 0]
         world[:, 0] = -world[:, 0]
         order = list(MIRROR)
-        return xy[order], vis[order], pres[order], flag, world[order]
+        return xy[order], vis[order], pres[order], flag, world[order], peak[order]
 
     def __call__(self, image: np.ndarray, rect: R.Rect, flip: bool | None = None) -> BodyResult:
         tensor = R.crop(image, rect, LANDMARK_SIZE)
-        xy, vis, pres, flag, world = self._run(tensor)
+        xy, vis, pres, flag, world, peak = self._run(tensor)
         if self.flip if flip is None else flip:
             mirrored = self._run_mirrored(tensor)
-            xy, vis, pres, flag, world = ((a + b) / 2 for a, b in zip((xy, vis, pres, flag, world), mirrored))
+            xy, vis, pres, flag, world, peak = ((a + b) / 2 for a, b in zip((xy, vis, pres, flag, world, peak),
+                                                                            mirrored))
         pts = R.project_to_frame(xy, rect, LANDMARK_SIZE)
         c, s = np.cos(rect.angle), np.sin(rect.angle)
         world = world[:NUM_LANDMARKS] @ np.array([[c, s, 0.0], [-s, c, 0.0], [0.0, 0.0, 1.0]])
         return BodyResult(landmarks=pts[:NUM_LANDMARKS], visibility=vis[:NUM_LANDMARKS],
                           presence=pres[:NUM_LANDMARKS], flag=float(flag), rect=rect,
-                          next_rect=alignment_roi(pts[NUM_LANDMARKS], pts[NUM_LANDMARKS + 1]), world=world)
+                          next_rect=alignment_roi(pts[NUM_LANDMARKS], pts[NUM_LANDMARKS + 1]), world=world,
+                          peak=peak[:NUM_LANDMARKS])
 
 
 class BodyTracker:
