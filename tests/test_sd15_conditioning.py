@@ -70,3 +70,19 @@ def test_guidance_pixels_stay_in_unit_range():
     out = guidance_pixels(frames, torch.float16, "cpu")
     assert out.shape == (3, 3, 16, 8) and out.dtype == torch.float16
     assert torch.allclose(out.float(), frames.permute(0, 3, 1, 2), atol=1e-3)
+
+
+def test_vae_loads_from_a_diffusers_folder_and_refuses_other_files(tmp_path):
+    from safetensors.torch import save_file
+
+    from marionette.models.pipelines.sd15_vae import load_sd_vae
+    vae = tiny_vae()
+    vae.save_pretrained(tmp_path / "sd-vae-ft-mse")
+    loaded = load_sd_vae(tmp_path / "sd-vae-ft-mse", torch.float32)
+    x = torch.randn(1, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(loaded.encode(x).latent_dist.mean, vae.encode(x).latent_dist.mean)
+    save_file({"encoder.down.0.block.0.conv1.weight": torch.zeros(2, 2, 3, 3), "other.weight": torch.zeros(1)},
+              str(tmp_path / "wrong.safetensors"))
+    with pytest.raises(MarionetteError, match="sd-vae-ft-mse"):
+        load_sd_vae(tmp_path / "wrong.safetensors", torch.float32)
