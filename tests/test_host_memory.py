@@ -9,14 +9,18 @@
 """
 import gc
 import importlib
+import json
 import os
+import subprocess
+import sys
 import weakref
 from contextlib import contextmanager
 
 import pytest
 import torch
-from torch.overrides import TorchFunctionMode
 
+from conftest import need_env
+from lowvram_probe import partial_load_on_meta
 from smplx_fixture import small_vertex_ids, write_fixture
 from test_host_svd import animate_prompt
 from test_host_svd_hjb import FRAMES as FRAMES_HJB, hjb_prompt
@@ -30,76 +34,46 @@ def pack_module(comfy_host, name):
     return importlib.import_module(f"{package}.{name}")
 
 
-class SameDevice(TorchFunctionMode):
-    """Refuses any torch function whose (non-scalar) tensor arguments sit on different devices."""
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        devices = set()
-
-        def visit(value):
-            if isinstance(value, torch.Tensor) and value.dim() > 0:
-                devices.add(value.device.type)
-            elif isinstance(value, (list, tuple)):
-                for item in value:
-                    visit(item)
-
-        for value in list(args) + list(kwargs.values()):
-            visit(value)
-        if len(devices) > 1 and getattr(func, "__name__", "") not in ("to", "copy_"):
-            raise RuntimeError(f"{getattr(func, '__name__', func)} mixes devices {sorted(devices)}")
-        return func(*args, **kwargs)
-
-
 def tiny_svd(comfy_host, animation="stableanimator"):
     base = pack_module(comfy_host, "models.pipelines.svd_tiny").tiny_animation_model(animation)
     return pack_module(comfy_host, "models.pipelines.svd_animation").SVDAnimation(base, animation, tiny=True)
 
 
-def run_on_meta(net):
-    """The UNet, the VAE decoder, the CLIP image encoder and the PoseNet on 'meta' inputs."""
-    config = net.unet.config
-    frames = 4
-    with SameDevice(), torch.no_grad():
-        sample = torch.randn(1, frames, config.in_channels, 8, 8, device="meta")
-        context = torch.randn(1, 5, config.cross_attention_dim, device="meta")
-        net.unet(sample, torch.tensor(1.0, device="meta"), context,
-                 added_time_ids=torch.randn(1, 3, device="meta"), return_dict=False)
-        net.vae.decode(torch.randn(frames, 4, 8, 8, device="meta"), num_frames=frames)
-        net.image_encoder(torch.randn(1, 3, 224, 224, device="meta"))
-        net.pose_net(torch.randn(frames, 3, 64, 64, device="meta"))
+def check_partial_load(report):
+    assert report["swapped"] > 300 and report["cast_on_use"] > 100
+    assert 0 < report["left_in_ram"] < report["parameters"]  # a real partial load
+    left = report["off_device_before"]
+    assert "pose_net.scale" in left and any(name.endswith("mix_factor") for name in left)  # what ComfyUI skips
+    assert report["off_device_after"] == []
+    assert report["moved_bytes"] < 0.05 * report["size_bytes"]  # leftovers and anchors, not offloaded weights
+    assert report["run"] == "ok"
 
 
 def test_a_partial_load_leaves_nothing_on_the_wrong_device(comfy_host):
-    import comfy.model_patcher
     lowvram = pack_module(comfy_host, "nodes.lowvram")
-    net = tiny_svd(comfy_host)
-    assert lowvram.make_castable(net) > 300
-    meta = torch.device("meta")
-    patcher = comfy.model_patcher.ModelPatcher(net, load_device=meta, offload_device=torch.device("cpu"))
-    patcher.patch_model(device_to=meta, lowvram_model_memory=int(patcher.model_size() * 0.4))
-    on_cpu = [p for p in net.parameters() if p.device.type == "cpu"]
-    assert 0 < len(on_cpu) < len(list(net.parameters()))  # a real partial load
-    left = lowvram.off_device_tensors(net, meta)
-    assert "pose_net.scale" in left and any(name.endswith("mix_factor") for name in left)  # what ComfyUI skips
-    moved = lowvram.place_leftovers(net, meta)
-    assert lowvram.off_device_tensors(net, meta) == []
-    assert moved < 0.05 * patcher.model_size()  # leftovers and anchors only, not the offloaded weights
-    run_on_meta(net)
+    check_partial_load(partial_load_on_meta(tiny_svd(comfy_host), lowvram))
 
 
 def test_plain_torch_layers_fail_the_same_check(comfy_host):
     """Why make_castable is needed: ComfyUI 0.3.x leaves plain layers that do not fit on the CPU, uncast."""
-    import comfy.model_patcher
     lowvram = pack_module(comfy_host, "nodes.lowvram")
-    net = tiny_svd(comfy_host)
-    meta = torch.device("meta")
-    patcher = comfy.model_patcher.ModelPatcher(net, load_device=meta, offload_device=torch.device("cpu"))
-    patcher.patch_model(device_to=meta, lowvram_model_memory=int(patcher.model_size() * 0.4))
-    left = lowvram.off_device_tensors(net, meta)  # plain layers left on the CPU, and nothing casts them
-    assert any(name.endswith("to_q.weight") for name in left)
-    with pytest.raises(RuntimeError, match="mixes devices"):
-        run_on_meta(net)
+    report = partial_load_on_meta(tiny_svd(comfy_host), lowvram, castable=False)
+    assert any(name.endswith("to_q.weight") for name in report["off_device_before"])
+    assert "mixes devices" in report["run"]
+
+
+def run_probe_2024(*flags):
+    comfy_2024 = need_env("MARIONETTE_COMFY_2024")
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    run = subprocess.run([sys.executable, "lowvram_probe.py", comfy_2024, *flags], cwd=tests_dir,
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def test_a_partial_load_on_the_2024_host():
+    """The 2024 host's patch_model_lowvram casts comfy.ops layers too; our leftovers are placed the same way."""
+    check_partial_load(run_probe_2024())
 
 
 @contextmanager
@@ -239,20 +213,24 @@ def test_a_replaced_smplx_file_is_picked_up_and_unload_drops_it(comfy_host, tmp_
         folders.remove(str(folder))
 
 
-def test_loader_fingerprint_follows_the_files(comfy_host, tmp_path):
+@pytest.mark.parametrize("node, folder, inputs", [
+    ("SVDAnimationLoader", "animation", {"svd_folder": "some_svd", "checkpoint": "test_weights.pth"}),
+    ("DisPoseControlNetLoader", "dispose", {"controlnet": "test_weights.pth"})])
+def test_loader_fingerprint_follows_the_files(comfy_host, tmp_path, node, folder, inputs):
+    """Loaders are cached by ComfyUI on their inputs; IS_CHANGED makes a file replaced under the same name count."""
     import folder_paths
-    loader = comfy_host.node_class("SVDAnimationLoader")
-    folder = tmp_path / "animation"
-    folder.mkdir()
-    folder_paths.add_model_folder_path("animation", str(folder))
+    loader = comfy_host.node_class(node)
+    root = tmp_path / folder
+    root.mkdir()
+    folder_paths.add_model_folder_path(folder, str(root))
     try:
-        checkpoint = folder / "unet_test.pth"
-        checkpoint.write_bytes(b"one")
-        before = loader.IS_CHANGED(svd_folder="some_svd", checkpoint="unet_test.pth")
-        assert "unet_test.pth" in before
-        assert loader.IS_CHANGED(svd_folder="some_svd", checkpoint="unet_test.pth") == before
-        checkpoint.write_bytes(b"other")
-        os.utime(checkpoint, ns=(os.stat(checkpoint).st_atime_ns, os.stat(checkpoint).st_mtime_ns + 10**9))
-        assert loader.IS_CHANGED(svd_folder="some_svd", checkpoint="unet_test.pth") != before
+        weights = root / "test_weights.pth"
+        weights.write_bytes(b"one")
+        before = loader.IS_CHANGED(**inputs)
+        assert "test_weights.pth" in before
+        assert loader.IS_CHANGED(**inputs) == before
+        weights.write_bytes(b"other")
+        os.utime(weights, ns=(os.stat(weights).st_atime_ns, os.stat(weights).st_mtime_ns + 10**9))
+        assert loader.IS_CHANGED(**inputs) != before
     finally:
-        folder_paths.folder_names_and_paths["animation"][0].remove(str(folder))
+        folder_paths.folder_names_and_paths[folder][0].remove(str(root))
