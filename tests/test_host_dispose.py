@@ -122,3 +122,6 @@ def test_cmp_method_runs_on_a_file_shaped_like_the_release(comfy_host, synthetic
     # CMP saturates near 49.5 px of its 384 grid, scaled to the video size
     assert 0 < float(field.dense.abs().max()) <= 49.5 * SIZE / 384 + 1e-3
     assert result.ui["11"]["marionette_svd"][0]["dispose"]["motion"] == "cmp"
+    import comfy.model_management as mm
+    loaded = [type(getattr(entry.model, "model", None)).__name__ for entry in mm.current_loaded_models]
+    assert "CMPNet" in loaded  # CMP went through load_models_gpu: it runs on ComfyUI's device

@@ -126,6 +126,18 @@ def test_face_tokens_change_the_video(comfy_host, antelopev2, references):
     assert not without.ui["12"]["marionette_svd"][0]["face_id"]
     again = comfy_host.run(id_prompt(references[True]))  # same seed, same face: same video
     assert torch.equal(with_id.output("12", 1)["samples"], again.output("12", 1)["samples"])
+    # the antelopev2 sessions are registered with ComfyUI, and its unload_all_models drops them
+    import gc
+    import weakref
+
+    import comfy.model_management as mm
+    holders = [entry.model.model for entry in mm.current_loaded_models
+               if type(getattr(entry.model, "model", None)).__name__ == "SessionHolder"]
+    assert len(holders) == 1 and holders[0].value is not None
+    gone = weakref.ref(holders.pop())
+    mm.unload_all_models()
+    gc.collect()
+    assert gone() is None
 
 
 def test_no_face_errors_or_uses_zeros(comfy_host, antelopev2, references):
