@@ -56,6 +56,19 @@ def test_zero_phase_filter_has_no_lag_on_steady_motion():
     assert np.abs(out[3:-3, :, 0] - body[3:-3, :, 0]).max() < 0.5
 
 
+def test_the_3d_body_is_smoothed_too_and_the_input_left_alone():
+    noisy, _ = _walker()
+    rng = np.random.default_rng(3)
+    truth = np.cumsum(np.full((40, 18, 3), 0.01), axis=0) + rng.uniform(-0.5, 0.5, (1, 18, 3))
+    frames = _frames(noisy)
+    for f, w in zip(frames, truth + rng.normal(0, 0.01, truth.shape)):
+        f.world = w[None].astype(np.float32)
+    before = np.stack([f.world[0] for f in frames])
+    out = np.stack([f.world[0] for f in S.smooth_frames(frames, "light")])
+    assert np.array_equal(np.stack([f.world[0] for f in frames]), before)
+    assert np.abs(out - truth).mean() < 0.7 * np.abs(before - truth).mean()
+
+
 def test_short_gaps_are_filled_with_the_hand_following_its_wrist():
     noisy, _ = _walker(t=12, noise=0.0)
     hand = np.zeros((12, HAND, 3))

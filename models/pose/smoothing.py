@@ -19,7 +19,8 @@ frame before drawing anything, so the filter may look both ways:
 - **Hysteresis for hands and face**: a hand or face seen in a single frame between absences is
   dropped unless its score is high (entering needs either two frames or a confident one).
 
-People are followed from frame to frame by nearest body centre (relative to their size).
+People are followed from frame to frame by nearest body centre (relative to their size). The 3D
+body (`PoseFrame.world`, where the backend gives it) is smoothed with the same settings.
 """
 from __future__ import annotations
 
@@ -58,16 +59,16 @@ UNKNOWN = 1e6  # variance of a state nothing is known about, body sizes²
 
 def kalman_smooth(xy: np.ndarray, present: np.ndarray, scale: float, p: Smoothing,
                   scores: np.ndarray | None = None) -> np.ndarray:
-    """RTS smoother of [T, N, 2] points seen where present [T, N]; x and y share the covariance.
+    """RTS smoother of [T, N, D] points seen where present [T, N]; the D axes share the covariance.
 
     A point absent for more than max_gap frames starts afresh when it comes back."""
     t_len, n = present.shape
     z = xy / scale
     q = p.acceleration * np.array([[0.25, 0.5], [0.5, 1.0]])
-    state = np.zeros((n, 2, 2))          # [point, (position, velocity), axis]
+    state = np.zeros((n, 2, xy.shape[-1]))  # [point, (position, velocity), axis]
     cov = np.zeros((n, 2, 2))
     last_seen = np.full(n, -10 ** 9)
-    filtered, f_cov = np.zeros((t_len, n, 2, 2)), np.zeros((t_len, n, 2, 2))
+    filtered, f_cov = np.zeros((t_len,) + state.shape), np.zeros((t_len, n, 2, 2))
     predicted, p_cov = np.zeros_like(filtered), np.zeros_like(f_cov)
     for t in range(t_len):
         state = np.einsum("ij,njk->nik", TRANSITION, state)
@@ -200,12 +201,19 @@ def smooth_frames(frames: list[PoseFrame], level: str = "light") -> list[PoseFra
         return list(frames)
     track_list = tracks(frames)
     frames = consistent_sides(frames, track_list)
-    out = [replace(f, **{k: v.copy() for k, v in f.parts().items()}) for f in frames]
+    out = [replace(f, world=None if f.world is None else f.world.copy(), **{k: v.copy() for k, v in f.parts().items()})
+           for f in frames]
     for track in track_list:
         if len(track) < 3:
             continue
         parts = {name: np.stack([getattr(frames[t], name)[i] for t, i in track]) for name in PART_ANCHORS | {"body": 0}}
         smoothed = _smooth_track(parts, p)
+        if all(frames[t].world is not None for t, _ in track):
+            world = np.stack([frames[t].world[i] for t, i in track]).astype(np.float64)
+            size = float(np.median(np.linalg.norm(np.ptp(world, axis=1), axis=-1)))
+            world = kalman_smooth(world, np.ones(world.shape[:2], bool), max(size, 1e-3), p)
+            for j, (t, i) in enumerate(track):
+                out[t].world[i] = world[j]
         for j, (t, i) in enumerate(track):
             for name, pts in smoothed.items():
                 original = getattr(frames[t], name)[i]
