@@ -10,6 +10,7 @@ from .pose_align import PoseAlign
 from .reference import LoadReference
 from .render import RenderGuidance
 from .save import SavePoseKeypoint
+from .sd15 import AnimateAnyoneSampler, ChampSampler, SD15AnimationLoader
 from .svd import SVDAnimateSampler, SVDAnimationLoader
 
 register_folders()
@@ -31,6 +32,9 @@ NODE_CLASS_MAPPINGS = {
     "DisPoseControlNetLoader": DisPoseControlNetLoader,
     "DisPoseControlApply": DisPoseControlApply,
     "KeypointCorrespondence": KeypointCorrespondence,
+    "SD15AnimationLoader": SD15AnimationLoader,
+    "ChampSampler": ChampSampler,
+    "AnimateAnyoneSampler": AnimateAnyoneSampler,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "LoadReference": "Load Reference (Marionette)",
@@ -48,4 +52,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "DisPoseControlNetLoader": "DisPose ControlNet Loader (Marionette)",
     "DisPoseControlApply": "DisPose Control Apply (Marionette)",
     "KeypointCorrespondence": "Keypoint Correspondence, DisPose DIFT (Marionette)",
+    "SD15AnimationLoader": "Champ / Animate Anyone Loader (Marionette)",
+    "ChampSampler": "Champ Sampler (Marionette)",
+    "AnimateAnyoneSampler": "Animate Anyone Sampler (Marionette)",
 }

@@ -18,3 +18,4 @@ DISPOSE_CONTROLNET = "MARIONETTE_DISPOSE_CONTROLNET"  # ModelPatcher of DisPose'
 SVD_CONTROL = "MARIONETTE_SVD_CONTROL"              # nodes.sockets.SVDControl
 SVD_ANIMATION_MODEL = "MARIONETTE_SVD_ANIMATION_MODEL"  # ModelPatcher of an SVDAnimation
 HJB_FACE_REFINE = "MARIONETTE_HJB_FACE_REFINE"      # models.pipelines.svd_animation.FaceRefine
+SD15_ANIMATION_MODEL = "MARIONETTE_SD15_ANIMATION_MODEL"  # ModelPatcher of a pipelines.sd15_animation.SD15Animation

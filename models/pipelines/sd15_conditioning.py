@@ -51,9 +51,10 @@ def one_reference(reference: torch.Tensor) -> torch.Tensor:
     return reference
 
 
-def clip_pixels(reference: torch.Tensor) -> torch.Tensor:
-    """[1, 3, 224, 224] CLIP input of a reference IMAGE: squashed with PIL bicubic, OpenAI-normalised."""
-    squashed = _from_pil(_to_pil(one_reference(reference)).resize((CLIP_SIZE, CLIP_SIZE), Image.BICUBIC))
+def clip_pixels(reference: torch.Tensor, size: int = CLIP_SIZE) -> torch.Tensor:
+    """[1, 3, 224, 224] CLIP input of a reference IMAGE: squashed with PIL bicubic, OpenAI-normalised
+    (`size`: the encoder's input size; 224 for the released ViT-L/14, smaller for the tiny test encoder)."""
+    squashed = _from_pil(_to_pil(one_reference(reference)).resize((size, size), Image.BICUBIC))
     mean, std = torch.tensor(CLIP_MEAN).view(3, 1, 1), torch.tensor(CLIP_STD).view(3, 1, 1)
     return ((squashed - mean) / std).unsqueeze(0)
 
@@ -71,7 +72,8 @@ def reference_pixels(reference: torch.Tensor, size: tuple[int, int]) -> torch.Te
 
 def clip_token(image_encoder, reference: torch.Tensor, device, dtype) -> torch.Tensor:
     """The conditional context [1, 1, 768]: CLIP `image_embeds` of the squashed reference."""
-    embeds = image_encoder(clip_pixels(reference).to(device, dtype)).image_embeds
+    size = int(getattr(getattr(image_encoder, "config", None), "image_size", CLIP_SIZE))
+    embeds = image_encoder(clip_pixels(reference, size).to(device, dtype)).image_embeds
     return embeds.unsqueeze(1)
 
 
