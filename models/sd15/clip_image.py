@@ -48,7 +48,7 @@ OPENAI_PREFIX = "visual."
 def load_image_encoder(path: str | os.PathLike, dtype: torch.dtype = torch.float16, *,
                        require_vit_l14: bool = True) -> nn.Module:
     """The CLIP image encoder (CLIPVisionModelWithProjection, eval, no gradients) from a folder or a single
-    file. `require_vit_l14=False` lets other (tiny test) configs of a folder through."""
+    file. `require_vit_l14=False` lets other (tiny test) structures through."""
     path = os.fspath(path)
     dtype = check_dtype(dtype, "CLIP image encoder")
     if os.path.isdir(path):
@@ -63,8 +63,9 @@ def load_image_encoder(path: str | os.PathLike, dtype: torch.dtype = torch.float
         return _build_and_fill(config, _transformers_keys(load_state_dict_file(weights), weights), weights, dtype)
     state = load_state_dict_file(path)  # refuses missing, truncated and non-weight files by name
     state = _transformers_keys(state, path)
-    config = {**VIT_L14_CONFIG, **_structure_from_keys(state, path)}
-    _check_structure(config, path)
+    config = {**VIT_L14_CONFIG, **_structure_from_keys(state, path)}  # heads: ViT-L/14's 16
+    if require_vit_l14:
+        _check_structure(config, path)
     return _build_and_fill(config, state, path, dtype)
 
 
