@@ -69,6 +69,9 @@ def main() -> None:
     for dataset in ("COCO", "OCHuman", "CrowdPose", "COCO-WholeBody"):
         tallies = RP.evaluate(lambda crop: est(crop[None], track=False)[0], dataset)
         print(f"  {dataset:15s} " + ", ".join(f"{k} {v}" for k, v in tallies.items()))
+    for dataset in RP.SINGLE_PERSON:
+        tallies = RP.evaluate(lambda image: est(image[None], track=False)[0], dataset, whole_frame=True)
+        print(f"  {dataset:15s} whole frames: body {tallies['body']}")
 
 
 if __name__ == "__main__":

@@ -28,12 +28,20 @@ OP_FROM_COCO17 = (0, 15, 14, 17, 16, 5, 2, 6, 3, 7, 4, 11, 8, 12, 9, 13, 10)
 # CrowdPose-14 (l/r shoulder, elbow, wrist, hip, knee, ankle, head top, neck) → OpenPose-18; the head
 # top has no counterpart (None); OpenPose's neck is the shoulder midpoint, as CrowdPose labels it
 OP_FROM_CROWDPOSE = (5, 2, 6, 3, 7, 4, 11, 8, 12, 9, 13, 10, None, 1)
+# Human3.6M-17 → OpenPose-18: the thorax stands in for OpenPose's neck; pelvis, spine, neck base and head
+# top have no counterpart (H3.6M's hips sit inside the pelvis, a few cm from COCO's)
+OP_FROM_H36M = (None, 11, 12, 13, 8, 9, 10, None, 1, None, None, 5, 6, 7, 2, 3, 4)
+# JHMDB-15 (neck, belly, head, r/l shoulder, r/l hip, r/l elbow, r/l knee, r/l wrist, r/l ankle) → OpenPose-18
+OP_FROM_JHMDB = (1, None, None, 2, 5, 8, 11, 3, 6, 9, 12, 4, 7, 10, 13)
 DATASETS = {  # name: (annotation file, image folder, keypoint mapping)
     "COCO": ("coco/test_coco.json", "coco", OP_FROM_COCO17),
     "OCHuman": ("ochuman/test_ochuman.json", "ochuman", OP_FROM_COCO17),
     "CrowdPose": ("crowdpose/test_crowdpose.json", "crowdpose", OP_FROM_CROWDPOSE),
     "COCO-WholeBody": ("coco/test_coco_wholebody.json", "coco", OP_FROM_COCO17),
+    "Human3.6M": ("h36m/h36m_coco.json", "h36m", OP_FROM_H36M),
+    "JHMDB": ("jhmdb/test_jhmdb_sub1.json", "jhmdb", OP_FROM_JHMDB),
 }
+SINGLE_PERSON = ("Human3.6M", "JHMDB")  # one person per frame: the whole-frame path is measured there
 
 
 def available() -> bool:
@@ -61,6 +69,8 @@ def load_people(dataset: str) -> list[Person]:
     path, folder, mapping = DATASETS[dataset]
     data = json.loads((REALDATA / path).read_text())
     images = {i["id"]: i["file_name"] for i in data["images"]}
+    if dataset == "Human3.6M":  # its frames sit in per-sequence folders named after the file
+        images = {k: "/".join((v.split("_")[0], v.rsplit("_", 1)[0], v)) for k, v in images.items()}
     out = []
     for a in data["annotations"]:
         kps = np.asarray(a["keypoints"], np.float64).reshape(-1, 3)
@@ -134,12 +144,16 @@ def body_points(frame, person: Person) -> np.ndarray:
     return out
 
 
-def evaluate(estimate, dataset: str, alpha: float = 0.1) -> dict[str, Tally]:
+def evaluate(estimate, dataset: str, alpha: float = 0.1, whole_frame: bool = False) -> dict[str, Tally]:
     """Body PCK (and for COCO-WholeBody hands and face PCK by their own box diagonals) of
-    `estimate(crop uint8 [H, W, 3]) -> PoseFrame` over the dataset's annotated people."""
+    `estimate(crop uint8 [H, W, 3]) -> PoseFrame` over the dataset's annotated people, on their crops
+    or (whole_frame) on the whole image."""
     tallies = {"body": Tally()}
     for person in load_people(dataset):
-        crop, offset = person_crop(person)
+        if whole_frame:
+            crop, offset = read_rgb(person.image), np.zeros(2)
+        else:
+            crop, offset = person_crop(person)
         frame = estimate(crop)
         usable = np.array([j is not None for j in person.mapping])
         truth = person.keypoints.copy()
