@@ -84,7 +84,8 @@ BODY_MODEL = Combo(
     legacy={"Anny (embedded)": "anny", "SMPL-X": "smplx"})
 
 SHAPE_PLACEMENT = Combo(
-    {"reference": "starts at the reference's position; the driving movement scaled to the reference's depth",
+    {"reference": "where PoseAlign puts the driving skeleton: the body's torso on the aligned torso, one depth "
+                  "scale for the clip",
      "view_transfer": "Champ's view transfer: the body stays at the reference's position every frame",
      "driving": "the driving clip's own placement, seen at the reference's image size"},
     legacy={"reference position": "reference", "view transfer": "view_transfer", "driving framing": "driving"},
