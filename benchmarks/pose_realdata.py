@@ -4,7 +4,9 @@ landmark pass, and of the clip smoothing; plus its accuracy on the annotated rea
     python benchmarks/pose_realdata.py [--frames 20] [--threads 1]
 
 Footage: mmpose's demo.mp4 (960×540, a person walking; ../shared/realdata), looped to --frames,
-as is (540p) and upscaled to 1920×1080. Tracking on (video mode), hands and face on.
+as is (540p) and upscaled to 1920×1080. Tracking on (video mode), hands and face on. Jitter and hand
+flicker before/after smoothing are measured on demo_coco.gif (39 frames, 320×180) and the demo clip
+(no ground truth there: tests/test_pose_smoothing.py holds the error against the truth).
 """
 import argparse
 import os
@@ -33,6 +35,26 @@ def load_clip(frames: int):
     small = np.ascontiguousarray(np.stack(loop))
     big = np.ascontiguousarray(np.stack([cv2.resize(f, (1920, 1080), interpolation=cv2.INTER_LINEAR) for f in small]))
     return {"540p (960x540)": small, "1080p (1920x1080)": big}
+
+
+def jitter_and_flicker(poses):
+    """Mean body keypoint acceleration (px/frame²) and the number of times a hand appears or vanishes."""
+    import numpy as np
+    body = np.stack([p.body[0] if p.num_people else np.zeros((18, 3)) for p in poses])
+    seen = body[..., 2] >= 0.3
+    triple = seen[2:] & seen[1:-1] & seen[:-2]
+    acc = np.linalg.norm(body[2:, :, :2] - 2 * body[1:-1, :, :2] + body[:-2, :, :2], axis=-1)[triple]
+    flicker = 0
+    for part in ("left_hand", "right_hand"):
+        shown = np.array([p.num_people > 0 and (getattr(p, part)[0, :, 2] >= 0.3).any() for p in poses])
+        flicker += int(np.abs(np.diff(shown.astype(int))).sum())
+    return float(acc.mean()) if acc.size else float("nan"), flicker
+
+
+def load_gif():
+    import imageio.v3 as iio
+    import numpy as np
+    return np.ascontiguousarray(iio.imread(str(RP.REALDATA / "demo" / "resources" / "demo_coco.gif"))[..., :3])
 
 
 def timed(fn, repeat: int = 2):
@@ -64,6 +86,13 @@ def main() -> None:
     for level in ("light", "strong"):
         seconds, _ = timed(lambda: smooth_frames(poses, level), repeat=3)
         print(f"smoothing '{level}': {1000 * seconds / len(poses):.2f} ms per frame ({len(poses)} frames, 1 person)")
+    est = BlazePoseEstimator(str(MEDIAPIPE), num_threads=args.threads)
+    print("\nbody jitter (px/frame²) and hand appear/vanish events, raw -> light -> strong:")
+    for label, frames in (("demo_coco.gif 320x180", load_gif()), ("demo.mp4 loop 960x540", clips["540p (960x540)"])):
+        raw = est(frames, track=True)
+        figures = [jitter_and_flicker(smooth_frames(raw, level)) for level in ("off", "light", "strong")]
+        print(f"  {label:24s} jitter " + " -> ".join(f"{j:.2f}" for j, _ in figures)
+              + ", hand events " + " -> ".join(str(f) for _, f in figures))
     est = BlazePoseEstimator(str(MEDIAPIPE), num_threads=args.threads)
     print("\naccuracy on annotated people (PCK@0.1 of the box diagonal, crops padded 25 %):")
     for dataset in ("COCO", "OCHuman", "CrowdPose", "COCO-WholeBody"):
