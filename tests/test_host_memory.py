@@ -22,6 +22,7 @@ import torch
 from conftest import need_env
 from lowvram_probe import partial_load_on_meta
 from smplx_fixture import small_vertex_ids, write_fixture
+from test_host_dispose import dispose_prompt
 from test_host_svd import animate_prompt
 from test_host_svd_hjb import FRAMES as FRAMES_HJB, hjb_prompt
 
@@ -107,11 +108,15 @@ def svd_loaded_model():
     return None
 
 
-@pytest.mark.parametrize("case", ["MimicMotion", "StableAnimator", "StableAnimator + HJB"])
+@pytest.mark.parametrize("case", ["MimicMotion", "StableAnimator", "StableAnimator + HJB", "DisPose"])
 def test_low_vram_sampling_gives_the_full_load_frames(comfy_host, synthetic_media, case):
-    """HJB: gradients flow through the cast-on-use VAE decoder and R100 layers."""
+    """HJB: gradients flow through the cast-on-use VAE decoder and R100 layers. DisPose: SD1.5 (DIFT) partially
+    loaded too, and the ControlNet with the UNet."""
     import comfy.model_management as mm
-    prompt = hjb_prompt(synthetic_media) if "HJB" in case else animate_prompt(synthetic_media, case)
+    if case == "DisPose":
+        prompt = dispose_prompt(synthetic_media)
+    else:
+        prompt = hjb_prompt(synthetic_media) if "HJB" in case else animate_prompt(synthetic_media, case)
     if "HJB" in case:  # the pose's face masks cut to the sampled frames (as in test_host_svd_hjb)
         prompt["20"] = {"class_type": "MaskToImage", "inputs": {"mask": ["13", 1]}}
         prompt["21"] = {"class_type": "ImageFromBatch", "inputs": {"image": ["20", 0], "batch_index": 0,
@@ -135,6 +140,11 @@ def test_low_vram_sampling_gives_the_full_load_frames(comfy_host, synthetic_medi
     assert len(cast) > 50
     if "HJB" in case:
         assert low.ui["11"]["marionette_svd"][0]["face_refine"]["steps_refined"] == 2
+    if case == "DisPose":
+        assert torch.equal(full.output("15", 0).embeddings, low.output("15", 0).embeddings)
+        partial = {type(entry.model.model).__name__ for entry in mm.current_loaded_models
+                   if entry.model.model.model_lowvram}
+        assert {"SD15Modules", "SVDAnimation"} <= partial  # the tiny ControlNet fits the budget whole
     assert torch.equal(full.output("11", 0), low.output("11", 0))
     assert torch.equal(full.output("11", 1)["samples"], low.output("11", 1)["samples"])
     mm.unload_all_models()
