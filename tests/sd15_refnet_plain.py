@@ -117,7 +117,7 @@ def motion_module(x, W, p, frames, heads, groups):
     for i in range(2):
         normed = layer_norm(tokens, W, f"{block}.norms.{i}")
         seq = normed.reshape(b, frames, d, c).permute(0, 2, 1, 3).reshape(b * d, frames, c)
-        seq = seq + W[f"{block}.attention_blocks.{i}.pos_encoder.pe"][:, :frames]  # a stored buffer (checked separately)
+        seq = seq + W[f"{block}.attention_blocks.{i}.pos_encoder.pe"][:, :frames]  # stored (checked separately)
         out = attention(seq, seq, W, f"{block}.attention_blocks.{i}", heads)
         tokens = out.reshape(b, d, frames, c).permute(0, 2, 1, 3).reshape(bf, d, c) + tokens
     tokens = feed_forward(layer_norm(tokens, W, block + ".ff_norm"), W, block + ".ff") + tokens

@@ -8,15 +8,16 @@ from safetensors.torch import save_file
 
 import sd15_refnet_plain as plain
 from marionette.models.animate_anyone.tiny import tiny_pose_guider
-from marionette.models.champ.guidance_encoder import GUIDANCE_TYPES, ChampGuidance
-from marionette.models.champ.loading import load_champ, load_guidance_encoder, unused_attention_layout
+from marionette.models.champ.guidance_encoder import GUIDANCE_TYPES
+from marionette.models.champ.loading import (load_champ, load_champ_guidance, load_guidance_encoder,
+                                             unused_attention_layout)
 from marionette.models.champ.tiny import TINY_CHANNELS, TINY_GROUPS, TINY_HEADS, tiny_champ, tiny_guidance_encoder
 from marionette.models.core.modules import finish
 from marionette.models.core.seeding import seeded
 from marionette.models.errors import MarionetteError
 from marionette.models.sd15.guidance_convs import maps_to_input
-from marionette.models.sd15.refnet_checkpoints import family_of
-from marionette.models.sd15.refnet_tiny import TINY_UNET, tiny_unet_config, tiny_motion_config
+from marionette.models.sd15.refnet_checkpoints import family_of, load_backbone
+from marionette.models.sd15.refnet_tiny import TINY_UNET, tiny_motion_config, tiny_unet_config
 from marionette.models.sd15.refnet_unet import split_denoising_state
 
 TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-10}
@@ -122,7 +123,7 @@ def test_anything_but_the_missing_guidance_attention_is_refused_by_name(tmp_path
 
 def test_a_moore_pose_guider_given_as_champ_names_the_fix(tmp_path):
     path = save(tmp_path, "guidance_encoder_depth.pth", tiny_pose_guider().state_dict())
-    with pytest.raises(MarionetteError, match="Moore-AnimateAnyone's PoseGuider.*not a Champ guidance encoder") as caught:
+    with pytest.raises(MarionetteError, match="Moore-AnimateAnyone's PoseGuider.*not a Champ") as caught:
         load_guidance_encoder(path, torch.float32, **SIZES)
     assert "pose_guider.pth" in str(caught.value) and "Animate Anyone" in str(caught.value)
     assert family_of(path) == "animate_anyone"  # by keys, never by file name
@@ -149,8 +150,6 @@ def test_whole_champ_model_loads_from_files(tmp_path):
     guidance = {name: save(tmp_path, f"guidance_encoder_{name}.pth", model.guidance.encoders[name].state_dict())
                 for name in ("depth", "normal")}
     # load_champ reads the released sizes; the tiny layout goes through the same readers piece by piece
-    from marionette.models.champ.loading import load_champ_guidance
-    from marionette.models.sd15.refnet_checkpoints import load_backbone
     loaded_guidance = load_champ_guidance(guidance, torch.float32, **SIZES)
     backbone = load_backbone(paths["denoising"], paths["reference"], paths["motion"], torch.float32,
                              tiny_unet_config(), tiny_motion_config())

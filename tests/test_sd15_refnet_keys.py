@@ -69,7 +69,8 @@ def test_sixteen_reference_blocks_pair_by_name_and_21_motion_modules(meta_module
     denoiser, reference = meta_modules["denoising"], meta_modules["reference"]
     names = {id(m): n for n, m in denoiser.named_modules()}
     ref_names = {id(m): n for n, m in reference.named_modules()}
-    pairs = [(names[id(a)], ref_names[id(b)]) for a, b in zip(denoiser.transformer_blocks(), reference.transformer_blocks())]
+    pairs = [(names[id(a)], ref_names[id(b)])
+             for a, b in zip(denoiser.transformer_blocks(), reference.transformer_blocks())]
     assert len(pairs) == 16 and all(a == b for a, b in pairs)
     assert len(denoiser.motion_modules()) == 21 and denoiser.max_frames == 32
 

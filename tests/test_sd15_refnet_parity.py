@@ -55,7 +55,8 @@ def test_motion_module_matches_the_plain_derivation(dtype, frames):
 
 def test_position_table_is_animatediffs_sinusoids_and_windows_stop_at_32():
     for channels in (320, 640, 1280, 6):
-        assert torch.allclose(sinusoid_table(32, channels)[0].double(), plain.position_table(32, channels, torch.float64),
+        table = plain.position_table(32, channels, torch.float64)
+        assert torch.allclose(sinusoid_table(32, channels)[0].double(), table,
                               atol=4e-6)  # float32 angles, as the official buffer
     module = MotionModule(16, heads=2, groups=4, max_len=32)
     with pytest.raises(MarionetteError, match="at most 32"):

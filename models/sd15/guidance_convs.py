@@ -70,7 +70,8 @@ def maps_to_input(images_0_1, dtype: torch.dtype = torch.float32) -> torch.Tenso
     images = torch.as_tensor(images_0_1)
     if images.ndim != 4 or images.shape[-1] != 3:
         raise MarionetteError(f"Guidance images must be an IMAGE batch [frames, H, W, 3]; got "
-                              f"{tuple(images.shape)}.", "Pass the rendered maps (RGB) as the guidance nodes give them.")
+                              f"{tuple(images.shape)}.",
+                              "Pass the rendered maps (RGB) as the guidance nodes give them.")
     if not images.is_floating_point():
         raise MarionetteError(f"Guidance images must be float in [0, 1]; got {images.dtype}.",
                               "Divide 8-bit images by 255 first.")

@@ -26,7 +26,8 @@ from ..core.checkpoints import open_checkpoint
 from ..core.dtypes import check_dtype
 from ..core.modules import strict_fill
 from ..errors import MarionetteError
-from .refnet_unet import DenoisingUNet3D, ReferenceUNet, build_denoising_unet, build_reference_unet, split_denoising_state
+from .refnet_unet import (DenoisingUNet3D, ReferenceUNet, build_denoising_unet, build_reference_unet,
+                          split_denoising_state)
 
 CHAMP_SOURCE = "Hugging Face 'fudan-generative-ai/champ' (folder champ/)"
 MOORE_SOURCE = "Hugging Face 'patrolli/AnimateAnyone'"

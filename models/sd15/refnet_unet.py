@@ -78,7 +78,8 @@ class RefNetUNet(nn.Module):
         self.motion_config = dict(motion) if motion else None
         channels = list(config["block_out_channels"])
         heads, context_dim = int(config["attention_head_dim"]), int(config["cross_attention_dim"])
-        groups, eps, per_level = int(config["norm_num_groups"]), float(config["norm_eps"]), int(config["layers_per_block"])
+        groups, eps = int(config["norm_num_groups"]), float(config["norm_eps"])
+        per_level = int(config["layers_per_block"])
         temb_channels = channels[0] * 4
 
         def motions(width, count):
@@ -88,7 +89,9 @@ class RefNetUNet(nn.Module):
                                  motion["temporal_position_encoding_max_len"]) for _ in range(count)]
 
         def transformers(width, count, cross):
-            return [SpatialTransformer(width, heads, context_dim, groups, layout) for _ in range(count)] if cross else None
+            if not cross:
+                return None
+            return [SpatialTransformer(width, heads, context_dim, groups, layout) for _ in range(count)]
 
         self.conv_in = nn.Conv2d(config["in_channels"], channels[0], 3, padding=1)
         self.time_embedding = TimestepEmbedding(channels[0], temb_channels)
@@ -97,8 +100,9 @@ class RefNetUNet(nn.Module):
         for level, (kind, out) in enumerate(zip(config["down_block_types"], channels)):
             resnets = [ResnetBlock(width if i == 0 else out, out, temb_channels, groups, eps) for i in range(per_level)]
             last = level == len(channels) - 1
+            resampler = None if last else ("downsamplers", Downsample(out))
             self.down_blocks.append(UNetLevel(resnets, transformers(out, per_level, kind == CROSS_DOWN),
-                                              motions(out, per_level), None if last else ("downsamplers", Downsample(out))))
+                                              motions(out, per_level), resampler))
             width = out
         reversed_channels = channels[::-1]
         previous = reversed_channels[0]
@@ -107,8 +111,9 @@ class RefNetUNet(nn.Module):
             resnets = [ResnetBlock((previous if i == 0 else out) + (skip if i == per_level else out), out,
                                    temb_channels, groups, eps) for i in range(per_level + 1)]
             last = level == len(channels) - 1
+            resampler = None if last else ("upsamplers", Upsample(out))
             self.up_blocks.append(UNetLevel(resnets, transformers(out, per_level + 1, kind == CROSS_UP),
-                                            motions(out, per_level + 1), None if last else ("upsamplers", Upsample(out))))
+                                            motions(out, per_level + 1), resampler))
             previous = out
         mid = channels[-1]
         self.mid_block = UNetLevel([ResnetBlock(mid, mid, temb_channels, groups, eps) for _ in range(2)],
