@@ -33,12 +33,16 @@ TINY_SETTINGS = {
                                 "HJBFaceRefine": {"iterations": 1, "end_step": 0}},
     "dispose.json": {"LoadReference": {"size": "custom", "width": 256, "height": 384},
                      "SVDAnimateSampler": {"steps": 2}, "KeypointCorrespondence": {"ensemble": 2}},
+    "champ.json": {"LoadReference": {"size": "custom", "width": 256, "height": 256}, "ChampSampler": {"steps": 2}},
+    "animate_anyone.json": {"LoadReference": {"size": "custom", "width": 256, "height": 384},
+                            "AnimateAnyoneSampler": {"steps": 2}},
 }
 # (node, input) -> the model folder its file is looked up in (ComfyUI/models/<folder>)
 WEIGHT_INPUTS = {("SVDAnimationLoader", "svd_folder"): "diffusers", ("SVDAnimationLoader", "checkpoint"): "animation",
                  ("IDAdapterApply", "face_encoder"): "animation", ("HJBFaceRefine", "face_model"): "animation",
                  ("DisPoseControlNetLoader", "controlnet"): "dispose", ("DenseMotionField", "cmp_model"): "dispose",
-                 ("KeypointCorrespondence", "sd15"): "checkpoints"}
+                 ("KeypointCorrespondence", "sd15"): "checkpoints",
+                 ("SD15AnimationLoader", "denoising_unet"): "animation"}
 # insightface's antelopev2 pack: without it ID Adapter Apply is bypassed (its model input passed straight
 # on, as the UI's bypass does) and StableAnimator runs with zero face tokens
 NEEDS_ANTELOPEV2 = "IDAdapterApply"

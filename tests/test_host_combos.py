@@ -19,7 +19,7 @@ from test_host_2024 import run_on_2024
 
 # combos whose values are file or folder names (they stay file names) or sizes ("576x1024")
 FILE_INPUTS = {"image", "cmp_model", "controlnet", "sd15", "face_encoder", "face_model", "bbox_detector",
-               "pose_estimator", "svd_folder", "checkpoint"}
+               "pose_estimator", "svd_folder", "checkpoint", "denoising_unet", "image_encoder", "vae"}
 KEY = re.compile(r"[a-z0-9_]+|\d+x\d+")
 
 

@@ -37,7 +37,8 @@ def newest(host, pattern):
 def test_every_workflow_has_a_run_test():
     shipped = {os.path.basename(p) for p in glob.glob(str(ROOT / "workflows" / "*.json"))}
     assert shipped == {"pose_extraction.json", "champ_guidance.json", "vividpose_guidance.json", "mimicmotion.json",
-                       "stableanimator.json", "stableanimator_hjb.json", "dispose.json"}
+                       "stableanimator.json", "stableanimator_hjb.json", "dispose.json", "champ.json",
+                       "animate_anyone.json"}
 
 
 def test_pose_extraction_workflow_runs_and_writes_its_outputs(comfy_host, synthetic_media):
@@ -163,6 +164,27 @@ def test_dispose_workflow_makes_a_video_with_the_tiny_models(comfy_host, synthet
     info = result.ui[ids["SVDAnimateSampler"][0]]["marionette_svd"][0]
     assert info["model"] == "mimicmotion" and info["tiny"]
     assert info["dispose"] == {"motion": "fallback", "strength": 1.0, "keypoints": True}
+
+
+@pytest.mark.parametrize("name,sampler,size", [("champ.json", "ChampSampler", (256, 256)),
+                                               ("animate_anyone.json", "AnimateAnyoneSampler", (256, 192))])
+def test_sd15_refnet_workflows_make_a_video_with_the_tiny_models(comfy_host, synthetic_media, name, sampler, size):
+    """Champ (body fit x2 -> shape align -> guidance maps -> Champ Sampler) and Animate Anyone (pose align ->
+    Animate Anyone Sampler) end to end on the tiny models, smaller and with 2 steps; shipped at the official
+    sizes, steps and CFG."""
+    shipped = {node["class_type"]: node["inputs"] for node in shipped_prompt(comfy_host, name).values()}
+    official_steps = 20 if name == "champ.json" else 30
+    assert (shipped[sampler]["steps"], shipped[sampler]["cfg"], shipped[sampler]["beta_schedule"]) == \
+        (official_steps, 3.5, "linear")
+    assert shipped["SD15AnimationLoader"]["denoising_unet"].endswith("/denoising_unet.pth")
+    small = {"LoadReference": {"size": "custom", "width": size[1], "height": size[0]}, sampler: {"steps": 2}}
+    result, ids = run_workflow(comfy_host, name, small)
+    frames = synthetic_media["driving"].num_frames
+    assert read_video(newest(comfy_host, f"{name[:-5]}_*.mp4")).shape[:3] == (frames, *size)
+    info = result.ui[ids[sampler][0]]["marionette_sd15"][0]
+    assert info["tiny"] and info["frames"] == frames
+    if name == "champ.json":
+        assert info["guidance"] == ["depth", "dwpose", "normal", "semantic_map"] and "note" not in info
 
 
 SHIPPED = sorted(os.path.basename(p) for p in glob.glob(str(ROOT / "workflows" / "*.json")))

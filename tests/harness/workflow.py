@@ -87,6 +87,7 @@ TINY_MODELS = {
     "DisPoseControlNetLoader": {"controlnet": "tiny random (no download, testing only)"},
     "KeypointCorrespondence": {"sd15": "tiny random SD1.5 (no download, testing only)"},
     "DenseMotionField": {"method": "fallback"},
+    "SD15AnimationLoader": {"denoising_unet": "tiny random (no download, testing only)"},
 }
 
 
