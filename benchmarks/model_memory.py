@@ -47,7 +47,7 @@ def host_modules():
         package = types.ModuleType("marionette.nodes")
         package.__path__ = [os.path.join(ROOT, "nodes")]
         sys.modules["marionette.nodes"] = package
-    return (importlib.import_module("marionette.nodes.lowvram"), importlib.import_module("marionette.nodes.model_cache"))
+    return tuple(importlib.import_module(f"marionette.nodes.{name}") for name in ("lowvram", "model_cache"))
 
 
 def full_size_unet():

@@ -55,7 +55,8 @@ def _face_encoder(choice: str, net: SVDAnimation):
         if not net.tiny:
             raise MarionetteError("The tiny random face encoder only fits the tiny test model.",
                                   "Pick Animation/face_encoder.pth (StableAnimator's face encoder).")
-        return cached("face_encoder", (choice, token_dim, str(dtype)), lambda: tiny_face_encoder(token_dim, dtype=dtype))
+        return cached("face_encoder", (choice, token_dim, str(dtype)),
+                      lambda: tiny_face_encoder(token_dim, dtype=dtype))
     path = require_model("animation", choice, ANIMATION_SOURCES["stableanimator"])
     patcher = cached("face_encoder", (file_key(path), str(dtype)), lambda: load_face_encoder(path, dtype))
     encoder = patcher.model
