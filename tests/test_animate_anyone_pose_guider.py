@@ -77,6 +77,11 @@ def test_derivative_pose_guider_files_are_refused(tmp_path):
     unet_like = save(tmp_path, "pose_guider.pth", {"conv_in.weight": torch.zeros(1), "down_blocks.0.x": torch.zeros(1)})
     with pytest.raises(MarionetteError, match="pose_guider.pth is the reference UNet"):
         load_pose_guider(unet_like, torch.float32)
+    # a pose guider with attention layers of its own (AniPortrait's adds cross_attn1-4)
+    state = {**tiny_pose_guider().state_dict(), "cross_attn1.norm.weight": torch.zeros(8)}
+    extended = save(tmp_path, "pose_guider.pth", state)
+    with pytest.raises(MarionetteError, match="another project's pose guider: the PoseGuider convs plus cross_attn1"):
+        load_pose_guider(extended, torch.float32, **SIZES)
 
 
 def test_truncated_pose_guider_is_refused(tmp_path):

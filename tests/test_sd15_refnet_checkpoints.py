@@ -97,5 +97,7 @@ def test_full_size_motion_modules_without_the_mid_block_are_named():
     check_layout(released, layout, "the motion modules", "motion_module.pth", "fix")
     without_mid = {k: v for k, v in released.items() if not k.startswith("mid_block.")}
     with pytest.raises(MarionetteError, match=r"has 560\); 28 missing: mid_block\.motion_modules\.0\..* and 16 more "
-                                              r"\(mid_block \(16\)\)"):
+                                              r"\(mid_block \(16\)\)") as caught:
         check_layout(without_mid, layout, "the motion modules", "motion_module.pth", "fix")
+    assert caught.value.missing == [k for k in released if k.startswith("mid_block.")]
+    assert caught.value.unexpected == [] and caught.value.misshaped == []

@@ -99,6 +99,10 @@ def _unknown(keys: list[str]) -> MarionetteError:
         hint = " It is a CLIP vision encoder (the image_encoder input)."
     elif any(k.startswith(("encoder.down_blocks.", "decoder.up_blocks.")) for k in keys):
         hint = " It is a VAE."
+    elif any(k.startswith("blocks.") for k in keys) and any(k.startswith("conv_in.") for k in keys):
+        others = sorted({k.split(".", 1)[0] for k in keys if not k.startswith(CONV_STACK_PREFIXES)})
+        hint = (f" It is another project's pose guider: the PoseGuider convs plus {', '.join(others[:4])} "
+                "(e.g. AniPortrait's has cross_attn1-4).")
     return MarionetteError(
         f"This file is not one of the Champ / Moore-AnimateAnyone files: {len(keys)} tensors, name prefixes "
         f"{prefixes}; first names {', '.join(keys[:3])}.{hint}",
@@ -126,7 +130,8 @@ def layout_of(module: nn.Module) -> dict[str, tuple[int, ...]]:
 def check_layout(found: Mapping[str, tuple[int, ...]], expected: Mapping[str, tuple[int, ...]], what: str,
                  label: str, fix: str, optional: Mapping[str, tuple[int, ...]] | None = None) -> None:
     """Refuse `found` unless it has exactly `expected`'s names and shapes; `optional` names may be there
-    all together with their shapes (then they are ignored) or not at all."""
+    all together with their shapes (then they are ignored) or not at all. The error's `missing`,
+    `unexpected` and `misshaped` attributes hold every offending name."""
     optional = dict(optional or {})
     present_optional = [k for k in optional if k in found]
     if present_optional and len(present_optional) != len(optional):
@@ -139,8 +144,11 @@ def check_layout(found: Mapping[str, tuple[int, ...]], expected: Mapping[str, tu
         return
     parts = [f"{len(names)} {word}: {_named(names)}" for word, names in
              (("missing", missing), ("unexpected", unexpected), ("with another shape", misshaped)) if names]
-    raise MarionetteError(f"{label} does not hold exactly the {len(expected)} tensors of {what} "
-                          f"(it has {len(found)}); {'; '.join(parts)}.", fix)
+    error = MarionetteError(f"{label} does not hold exactly the {len(expected)} tensors of {what} "
+                            f"(it has {len(found)}); {'; '.join(parts)}.", fix)
+    # the message names the first SHOWN_NAMES of each list; the complete lists travel with the error (logs)
+    error.missing, error.unexpected, error.misshaped = missing, unexpected, misshaped
+    raise error
 
 
 def _named(names: list[str]) -> str:
