@@ -11,7 +11,7 @@ from ..models.vision.image import to_rgb_uint8
 from .anny_setup import prepare_anny
 from .combos import BODY_MODEL, SHAPE_PLACEMENT, validate
 from .host import Progress, preview_ui, to_image_tensor
-from .model_cache import file_key, on_release
+from .model_cache import file_key, files_key, on_release
 from .model_paths import smplx_dir
 from .socket_types import BODY_SEQUENCE
 
@@ -108,6 +108,14 @@ class SMPLXFit:
     @classmethod
     def VALIDATE_INPUTS(cls, body_model=None):
         return validate(body_model=(BODY_MODEL, body_model))
+
+    @classmethod
+    def IS_CHANGED(cls, body_model=None, gender="neutral", **kwargs):
+        """SMPL-X: the files' fingerprint, so a replaced SMPLX_*.npz makes the node run again."""
+        try:
+            return files_key(smplx_dir(gender)) if BODY_MODEL.key(body_model, "body model") == "smplx" else ""
+        except MarionetteError:  # unknown choice or missing file: the node itself reports it
+            return ""
 
     def fit(self, pose_keypoint, body_model, gender, iterations, temporal_smoothing, images=None,
             shape_from=None, unique_id=None):

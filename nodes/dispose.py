@@ -80,6 +80,11 @@ class DenseMotionField:
     def VALIDATE_INPUTS(cls, method=None):
         return validate(method=(MOTION_METHOD, method))
 
+    @classmethod
+    def IS_CHANGED(cls, cmp_model=None, **kwargs):
+        """The CMP file's fingerprint: a file replaced under the same name makes the node run again."""
+        return files_key(folder_paths.get_full_path("dispose", cmp_model or ""))
+
     def build(self, reference_pose, aligned_pose, reference_image, method, cmp_model, person_mask=None,
               unique_id=None):
         from ..models.dispose.fallback_field import dense_motion_field_fallback
@@ -236,6 +241,14 @@ class KeypointCorrespondence:
                 "ensemble": ("INT", {"default": 8, "min": 1, "max": 32}),
             },
         }
+
+    @classmethod
+    def IS_CHANGED(cls, sd15=None, **kwargs):
+        """The SD1.5 file's (or folder's) fingerprint: a replaced file makes the node run again."""
+        if not sd15 or sd15 == TINY_SD:
+            return ""
+        folders = [os.path.join(root, sd15) for root in folder_paths.get_folder_paths("diffusers")]
+        return files_key(folder_paths.get_full_path("checkpoints", sd15), *folders)
 
     def build(self, sd15, reference_image, reference_pose, aligned_pose, seed, ensemble):
         from ..models.dispose.dift import body_keypoints, dift_features, prompt_embedding, reference_point_embeddings

@@ -12,7 +12,7 @@ import folder_paths
 from ..models.errors import MarionetteError
 from ..models.pipelines.svd_animation import SVDAnimation
 from .host import FACE_TOKENS_KEY, load_on_device
-from .model_cache import SessionHolder, cached, file_key
+from .model_cache import SessionHolder, cached, file_key, files_key
 from .combos import NO_FACE, validate
 from .model_paths import ANIMATION_SOURCES, FOLDERS, model_choices, require_model
 from .tiny_models import tiny_choices
@@ -103,6 +103,13 @@ class IDAdapterApply:
     @classmethod
     def VALIDATE_INPUTS(cls, no_face=None):
         return validate(no_face=(NO_FACE, no_face))
+
+    @classmethod
+    def IS_CHANGED(cls, face_encoder=None, **kwargs):
+        """The files' fingerprint (face encoder, antelopev2 pack): replaced files make the node run again."""
+        from ..models.stableanimator.face_id import pack_folder
+        return files_key(folder_paths.get_full_path("animation", face_encoder or ""),
+                         pack_folder(_insightface_root()))
 
     def apply(self, model, reference_image, face_encoder, face_analysis, no_face):
         net = getattr(model, "model", None)

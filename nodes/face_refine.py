@@ -1,17 +1,18 @@
 """HJBFaceRefine: StableAnimator's inference-time face optimisation, as an option for SVD Animate Sampler."""
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import torch
 
+import folder_paths
 
 from ..models.errors import MarionetteError
 from ..models.pipelines.svd_animation import FaceRefine
 from ..models.stableanimator.hjb import REFINE_WINDOWS
-from .host import to_mask_tensor
+from .host import load_on_device, to_mask_tensor
+from .model_cache import cached, file_key, files_key
 from .model_paths import model_choices, require_model
+from .tiny_models import tiny_choices
 from .socket_types import HJB_FACE_REFINE
 
 TINY_FACE_MODEL = "tiny random (testing only)"
@@ -24,22 +25,20 @@ WINDOW_TOOLTIP = (
     "decode_chunk frames at a time either way.")
 OFFICIAL_FACE_MODEL = ("Animation/glintr100_torch.pth",)
 FACE_MODEL_SOURCE = "the 'Animation' folder of Hugging Face 'FrancisRing/StableAnimator'"
-_MODELS: dict[tuple, torch.nn.Module] = {}
 
 
-def _face_model(choice: str) -> torch.nn.Module:
-    """The R100, loaded once and outside inference mode (it is differentiated through)."""
+def _face_model(choice: str):
+    """The R100 as a held ModelPatcher, built outside inference mode (it is differentiated through)."""
     from ..models.stableanimator.iresnet import load_iresnet100, tiny_iresnet
-    if choice == TINY_FACE_MODEL:
-        key = (choice,)
-    else:
-        path = require_model("animation", choice, FACE_MODEL_SOURCE)
-        key = (path, os.path.getmtime(path))
-    if key not in _MODELS:
-        _MODELS.clear()
+
+    def build(path=None):
         with torch.inference_mode(False):
-            _MODELS[key] = tiny_iresnet() if choice == TINY_FACE_MODEL else load_iresnet100(key[0])
-    return _MODELS[key]
+            return tiny_iresnet() if path is None else load_iresnet100(path)
+
+    if choice == TINY_FACE_MODEL:
+        return cached("r100", (choice,), build)
+    path = require_model("animation", choice, FACE_MODEL_SOURCE)
+    return cached("r100", file_key(path), lambda: build(path))
 
 
 def _single_mask(mask: torch.Tensor, name: str) -> torch.Tensor:
@@ -89,7 +88,7 @@ class HJBFaceRefine:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "face_model": ([TINY_FACE_MODEL] + model_choices("animation", OFFICIAL_FACE_MODEL), {
+                "face_model": (tiny_choices(TINY_FACE_MODEL) + model_choices("animation", OFFICIAL_FACE_MODEL), {
                     "tooltip": "StableAnimator's Animation/glintr100_torch.pth in models/animation."}),
                 "reference_image": ("IMAGE", {"tooltip": "The reference image given to the sampler."}),
                 "reference_face_mask": ("MASK", {"tooltip": "LoadReference's face_mask; the box of its full "
@@ -115,6 +114,11 @@ class HJBFaceRefine:
             },
         }
 
+    @classmethod
+    def IS_CHANGED(cls, face_model=None, **kwargs):
+        """The R100 file's fingerprint: a file replaced under the same name makes the node run again."""
+        return files_key(folder_paths.get_full_path("animation", face_model or ""))
+
     def build(self, face_model, reference_image, reference_face_mask, start_step, end_step, iterations,
               learning_rate, decode_chunk, gradient_checkpointing, target_face_masks=None, target_pose=None,
               window="single"):
@@ -137,8 +141,10 @@ class HJBFaceRefine:
                                   "the reference.",
                                   "Use a reference photo with a visible face (LoadReference finds it), or draw "
                                   "a face mask.")
-        embedder = _face_model(face_model)
-        reference = reference_embedding(embedder, image, box)
+        patcher = _face_model(face_model)
+        load_on_device(patcher)
+        embedder = patcher.model
+        reference = reference_embedding(embedder, image, box).cpu()
         masks = _target_masks(target_face_masks, target_pose)
         if window not in REFINE_WINDOWS:
             raise MarionetteError(f"Unknown window {window!r}.", f"Pick one of: {', '.join(REFINE_WINDOWS)}.")

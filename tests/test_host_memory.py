@@ -200,6 +200,7 @@ def test_a_replaced_smplx_file_is_picked_up_and_unload_drops_it(comfy_host, tmp_
     import comfy.model_management as mm
     import folder_paths
     body = pack_module(comfy_host, "nodes.body")
+    fit = comfy_host.node_class("SMPLXFit")
     folder = tmp_path / "smplx"
     path = write_fixture(folder, seed=0)
     folder_paths.add_model_folder_path("smplx", str(folder))
@@ -208,11 +209,14 @@ def test_a_replaced_smplx_file_is_picked_up_and_unload_drops_it(comfy_host, tmp_
     try:
         with small_vertex_ids():
             first = body.load_model("smplx", "neutral")
+            before = fit.IS_CHANGED(body_model="smplx", gender="neutral")
+            assert "SMPLX_NEUTRAL" in before and fit.IS_CHANGED(body_model="anny") == ""
             assert body.load_model("smplx", "neutral") is first
             write_fixture(folder, seed=1)  # a new file under the same name
             os.utime(path, ns=(os.stat(path).st_atime_ns, os.stat(path).st_mtime_ns + 10**9))
+            fingerprint = fit.IS_CHANGED(body_model="smplx", gender="neutral")
             second = body.load_model("smplx", "neutral")
-        assert second is not first
+        assert second is not first and fingerprint != before
         assert not torch.equal(first.model.shapedirs, second.model.shapedirs)
         gone = weakref.ref(second)
         del first, second
@@ -225,9 +229,13 @@ def test_a_replaced_smplx_file_is_picked_up_and_unload_drops_it(comfy_host, tmp_
 
 @pytest.mark.parametrize("node, folder, inputs", [
     ("SVDAnimationLoader", "animation", {"svd_folder": "some_svd", "checkpoint": "test_weights.pth"}),
-    ("DisPoseControlNetLoader", "dispose", {"controlnet": "test_weights.pth"})])
-def test_loader_fingerprint_follows_the_files(comfy_host, tmp_path, node, folder, inputs):
-    """Loaders are cached by ComfyUI on their inputs; IS_CHANGED makes a file replaced under the same name count."""
+    ("DisPoseControlNetLoader", "dispose", {"controlnet": "test_weights.pth"}),
+    ("DenseMotionField", "dispose", {"cmp_model": "test_weights.pth"}),
+    ("KeypointCorrespondence", "checkpoints", {"sd15": "test_weights.pth"}),
+    ("HJBFaceRefine", "animation", {"face_model": "test_weights.pth"}),
+    ("IDAdapterApply", "animation", {"face_encoder": "test_weights.pth"})])
+def test_node_fingerprint_follows_the_files(comfy_host, tmp_path, node, folder, inputs):
+    """ComfyUI caches node outputs by their inputs; IS_CHANGED makes a file replaced under the same name count."""
     import folder_paths
     loader = comfy_host.node_class(node)
     root = tmp_path / folder
