@@ -16,5 +16,6 @@ live in `models.champ` and `models.animate_anyone`):
 - `guidance_convs`: the conv stack of both conditioning encoders; `maps_to_input(IMAGE) -> [F, 3, H, W]`.
 - `clip_image.load_image_encoder(folder_or_file, dtype)` (sd-image-variations ViT-L/14, a diffusers folder or
   a ComfyUI clip_vision file) and `encode_reference(encoder, IMAGE) -> [B, 1, 768]`.
+- `vae.load_vae(folder_or_file, dtype)`: sd-vae-ft-mse (a diffusers folder or a ComfyUI models/vae file).
 - `refnet_tiny`: tiny random backbone, VAE and image encoder for tests and the demo.
 - `ddim`, `context`, `sampler`: the family's DDIM sampler over context windows."""
