@@ -4,9 +4,9 @@ its effect on real photos with exact ground truth.
 The real clips are COCO people under a slow synthetic camera move (zoom ±4 %, pan 2–3 % of the
 person, sub-pixel warps of the photo): the truth moves smoothly and is known exactly, the estimator's
 own jitter is real. Measured with the embedded backend, "light" (COCO's 12 people × 24 frames): jitter
-(mean keypoint acceleration / box diagonal) 0.0133 → 0.0047, mean error 0.0346 → 0.0346; with
-OCHuman's 5 people added jitter 0.0142 → 0.0049, error 0.0435 → 0.0434. On 12 fps renders of fast
-motion (walk, wave, squat, turn) the error against the rendered truth stays 0.0094 of the box diagonal.
+(mean keypoint acceleration / box diagonal) 0.0128 → 0.0040, mean error 0.0336 → 0.0336 (OCHuman's 5
+people added: jitter 0.0142 → 0.0049, error 0.0435 → 0.0434). On 12 fps renders of fast motion
+(walk, wave, squat, turn) the error against the rendered truth stays 0.0094 of the box diagonal.
 """
 import numpy as np
 import pytest

@@ -7,18 +7,18 @@ COCO 181 keypoints of 12 people, OCHuman 73 of 5, CrowdPose 43 of 4):
 
 | | before | now |
 |---|---|---|
-| COCO body | 0.878 | 0.945 |
+| COCO body | 0.878 | 0.939 |
 | OCHuman body | 0.726 | 0.726 (one of its 5 people stands hidden behind another in the same crop) |
 | CrowdPose body (12 limb joints + neck) | 0.558 | 0.628 |
 | COCO-WholeBody face (68 points, PCK@0.1 of the face box) | 0.732 | 0.739 |
 | COCO-WholeBody right / left hand (hand box) | 0.000 / 0.000 | 0.133 / 0.000 |
-| joints outside the frame reported, people cut at 1/2 and 2/3 height | 39/154 | 18/154 |
-| joints inside the frame reported, same people | 250/342 | 249/342 |
-| whole-frame path, Human3.6M (4 single-person studio frames, 12 limb joints + neck) | 0.827 | 0.885 |
-| whole-frame path, JHMDB (3 single-person 320×240 frames) | 0.692 | 0.923 |
+| joints outside the frame reported, people cut at 1/2 and 2/3 height | 39/154 | 13/154 |
+| joints inside the frame reported, same people | 250/342 | 240/342 |
+| Human3.6M (4 single-person studio frames, 12 limb joints + neck), whole frame / crops | 0.827 / 0.846 | 0.885 / 0.865 |
+| JHMDB (3 single-person 320×240 frames), whole frame / crops | 0.692 / 0.359 | 0.923 / 0.718 |
 
-(CrowdPose reached 0.651 with visibility-based scores, which reported twice as many joints outside
-the frame; the heatmap-evidence score trades one CrowdPose keypoint for 13 fewer invented joints.)
+(Scores trade recall against invented joints: with visibility-based scores CrowdPose reached 0.651
+but 31 joints outside the frame were reported; a narrower heatmap range gave COCO 0.945 with 24.)
 """
 import numpy as np
 import pytest
@@ -28,10 +28,11 @@ import realdata_pose as RP
 
 pytestmark = pytest.mark.skipif(not RP.available(), reason=RP.MISSING_REASON)
 
-MIN_BODY_PCK = {"COCO": 0.94, "OCHuman": 0.72, "CrowdPose": 0.62}
+MIN_BODY_PCK = {"COCO": 0.93, "OCHuman": 0.72, "CrowdPose": 0.62}
 MIN_FACE_PCK, MIN_RIGHT_HAND_PCK = 0.73, 0.13
-MAX_OUT_OF_FRAME, MIN_CUT_RECALL = 0.12, 0.72
+MAX_OUT_OF_FRAME, MIN_CUT_RECALL = 0.09, 0.70
 MIN_WHOLE_FRAME_PCK = {"Human3.6M": 0.88, "JHMDB": 0.92}
+MIN_SINGLE_CROP_PCK = {"Human3.6M": 0.86, "JHMDB": 0.71}
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +55,7 @@ def test_body_pck_on_whole_single_person_frames(estimate, dataset):
     crops = RP.evaluate(estimate, dataset)["body"]
     print(f"\n{dataset}: whole-frame body PCK@0.1 {tally} (on the padded crops {crops})")
     assert tally.value >= MIN_WHOLE_FRAME_PCK[dataset], (dataset, str(tally))
+    assert crops.value >= MIN_SINGLE_CROP_PCK[dataset], (dataset, str(crops))
 
 
 def test_hands_and_face_on_coco_wholebody(estimate):

@@ -35,6 +35,7 @@ ROI_SCALE = 1.25
 PRESENCE_THRESHOLD = 0.5
 HEATMAP_KERNEL = 7
 HEATMAP_MIN_CONFIDENCE = 0.5
+ZOOM_OUT = 1.5  # the frame shown at 1/1.5 of the detector input when it finds nobody at full size
 MIN_SEARCH_WINDOW = 96  # pixels; people found in smaller windows are too small to get landmarks
 
 
@@ -76,8 +77,10 @@ class PoseDetector:
     """Finds people in a frame; returns pose ROIs, most confident first.
 
     The detector only sees people taller than about 30 % of its letterboxed input. MediaPipe stops
-    there; when the whole frame gives nothing, this also searches square windows of the short
-    side (a full-body person in a landscape video) and then of half of it (a person far away).
+    there; when the whole frame gives nothing, this also looks at the frame from further away
+    (ZOOM_OUT: a person cut out tightly, as in a top-down crop, can fill too much of the input:
+    JHMDB's 320×240 crops), then searches square windows of the short side (a full-body person in a
+    landscape video) and of half of it (a person far away).
     """
 
     def __init__(self, path: str, num_threads: int | None = None, zoom: bool = True):
@@ -98,6 +101,7 @@ class PoseDetector:
         h, w = image.shape[:2]
         levels = [[R.letterbox_rect(h, w)]]
         if self.zoom:
+            levels.append([R.Rect(w / 2.0, h / 2.0, ZOOM_OUT * max(h, w), ZOOM_OUT * max(h, w))])
             short = float(min(h, w))
             if max(h, w) > 1.2 * short and short >= MIN_SEARCH_WINDOW:
                 levels.append(search_windows(h, w, short))
