@@ -118,7 +118,7 @@ class Attention(nn.Module):
         context = x if context is None else context
         key, value = self.to_k(context), self.to_v(context)
         if extra is not None:
-            extra = extra.to(context.dtype)
+            extra = extra.to(context.device, context.dtype)
             extra_key, extra_value = _per_row(self.to_k(extra), key.shape[0]), _per_row(self.to_v(extra), key.shape[0])
             key, value = torch.cat([key, extra_key], dim=1), torch.cat([value, extra_value], dim=1)
         return self.to_out[0](multi_head_attention(self.to_q(x), key, value, self.heads))

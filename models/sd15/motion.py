@@ -42,7 +42,7 @@ class PositionalEncoding(nn.Module):
             raise MarionetteError(
                 f"The motion module sees {frames} frames at once, more than its {self.pe.shape[1]} positions.",
                 f"Use context windows of at most {self.pe.shape[1]} frames (the official 24).")
-        return x + self.pe[:, :frames].to(x.dtype)
+        return x + self.pe[:, :frames].to(x.device, x.dtype)
 
 
 class TemporalAttention(nn.Module):
