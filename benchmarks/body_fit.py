@@ -5,7 +5,9 @@
 For each keypoint source (ground-truth 2D joints, the embedded BlazePose backend) and option set
 (the library default, the node's default of 50 iterations per stage) it reports fit seconds per
 frame, the share of that time spent in the body model's own forward calls, the mean 2D reprojection
-error and the 3D MPJPE after Procrustes alignment (body joints).
+error and the 3D MPJPE after Procrustes alignment (body joints). With --provocations it also fits
+(library default, BlazePose keypoints) a full turn on the spot (facing error, largest jump beyond
+the true turn) and an arm pointing at the camera (wrist depth error relative to the neck).
 """
 import argparse
 import os
@@ -44,6 +46,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--frames", type=int, default=16)
     ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--provocations", action="store_true", help="also the turn and pointing-arm clips")
     args = ap.parse_args()
     from marionette.models.body.fit import FitOptions, fit_options, fit_sequence
     from marionette.models.body.loading import load_body_model
@@ -68,6 +71,33 @@ def main() -> None:
             pa = np.mean([procrustes_error(p, q) for p, q in zip(joints, truth)]) * 1000
             print(f"{source:16s} {label:22s} {seconds / len(frames):8.2f} {timer.seconds / seconds:13.0%} "
                   f"{seq.info['reprojection_px']:7.2f} {pa:12.1f}   ({timer.calls} forward calls)")
+
+
+    if args.provocations:
+        provocations(model, args.frames, args.size)
+
+
+def provocations(model, frames: int, size: int) -> None:
+    from marionette.models.body.fit import FitOptions, fit_sequence
+    from marionette.models.body.posing import pose_sequence
+    from marionette.models.pose.blazepose import BlazePoseEstimator
+    from marionette.models.synthetic.body_metrics import wrist_depth_error, yaw_report
+    from marionette.models.synthetic.body_motions import pointing_motion, render_motion, spin_motion
+    estimator = BlazePoseEstimator(str(MEDIAPIPE), hands=True, face=True)
+    for name, motion in (("full turn", spin_motion(2 * frames, 360.0)), ("arm at the camera", pointing_motion(frames))):
+        clip = render_motion(motion, name, width=size, height=size, seed=2)
+        t = time.perf_counter()
+        seq = fit_sequence(model, estimator(clip.frames, track=True), options=FitOptions())
+        seconds = (time.perf_counter() - t) / clip.num_frames
+        joints, truth = pose_sequence(model, seq).body18, clip.joints3d()
+        if name == "full turn":
+            r = yaw_report(joints, truth)
+            figure = (f"facing error mean {r['mean_error_deg']:.1f}° max {r['max_error_deg']:.1f}°, largest jump "
+                      f"beyond the turn {r['max_extra_jump_deg']:.1f}°, wrong-way frames {len(r['wrong_way_frames'])}")
+        else:
+            e = wrist_depth_error(joints, truth) * 100
+            figure = f"wrist depth error (vs the neck) mean {e.mean():.1f} cm, max {e.max():.1f} cm"
+        print(f"{name:18s} {clip.num_frames:3d} frames {seconds:6.2f} s/frame  {figure}")
 
 
 if __name__ == "__main__":

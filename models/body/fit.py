@@ -175,7 +175,7 @@ class _Fitter:
         if expression is not None and expression.numel():
             terms["expression_prior"] = o.expression_prior_weight * n * (expression ** 2).sum()
         if self.world is not None and o.limb_depth_weight > 0:
-            terms["limb_depth"] = o.limb_depth_weight * D.limb_depth(cam, self.world[idx]).sum()
+            terms["limb_depth"] = o.limb_depth_weight * D.limb_depth(cam, self.world[idx], o.limb_depth_margin).sum()
         if gaps is not None:
             depth = translation[:, 2].detach().mean().clamp(min=0.1)
             prev_pose, prev_t = previous if previous is not None else (None, None)
