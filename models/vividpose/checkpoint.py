@@ -1,0 +1,86 @@
+"""VividPose checkpoints: one safetensors file, every tensor of the model by its module name, and the
+architecture (`VividPoseConfig`) as JSON in the file's metadata. Loading rebuilds exactly that
+architecture (pose injection point, identity tokens, ...) and fills it strictly; a file that does not fit
+is refused with the names of the missing, unexpected and mis-shaped tensors."""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from ..core.checkpoints import checkpoint_suffix
+from ..core.dtypes import check_dtype
+from ..core.modules import strict_fill
+from ..errors import MarionetteError
+from .config import FORMAT, FORMAT_VERSION, VividPoseConfig
+from .model import VividPose, build_vividpose
+
+FIX = "Use a checkpoint written by Marionette's VividPose trainer (save_vividpose)."
+SHOWN = 6  # names listed per kind of mismatch
+
+
+def save_vividpose(model: VividPose, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
+    """Write `model` (its state dict, contiguous, as stored) with its config in the metadata; `metadata`
+    adds string entries (e.g. the training command)."""
+    from safetensors.torch import save_file
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    info = dict(metadata or {})
+    info.update(format=FORMAT, format_version=str(FORMAT_VERSION), config=model.config.to_json())
+    save_file(state, os.fspath(path), metadata=info)
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The metadata of a VividPose checkpoint (refused by name if the file is not one)."""
+    from safetensors import SafetensorError, safe_open
+    path = os.fspath(path)
+    name = os.path.basename(path)
+    if checkpoint_suffix(path) != ".safetensors":
+        raise MarionetteError(f"{name}: VividPose checkpoints are .safetensors files (the architecture travels "
+                              "in their metadata).", FIX)
+    try:
+        with safe_open(path, framework="pt", device="cpu") as handle:
+            metadata = handle.metadata() or {}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        raise MarionetteError(f"{name} is truncated or not a safetensors file ({str(error)[:120]}).",
+                              "Copy the file again and check its size.") from error
+    if metadata.get("format") != FORMAT:
+        raise MarionetteError(f"{name} is not a VividPose checkpoint (its metadata has format "
+                              f"{metadata.get('format')!r}, expected {FORMAT!r}).", FIX)
+    if metadata.get("format_version") != str(FORMAT_VERSION):
+        raise MarionetteError(f"{name} has VividPose format version {metadata.get('format_version')!r}; this "
+                              f"Marionette reads version {FORMAT_VERSION}.", "Update the pack (or the file).")
+    return metadata
+
+
+def check_keys(expected: dict[str, tuple], found: dict[str, tuple], source: str,
+               label: str = "the VividPose model its metadata describes", fix: str = FIX) -> None:
+    """Refuse, by name, tensors that are missing, unexpected or shaped otherwise ({name: shape} each)."""
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    shapes = sorted(k for k in set(expected) & set(found) if tuple(expected[k]) != tuple(found[k]))
+    if not (missing or unexpected or shapes):
+        return
+    parts = []
+    for label, names in (("missing", missing), ("unexpected", unexpected)):
+        if names:
+            more = f" and {len(names) - SHOWN} more" if len(names) > SHOWN else ""
+            parts.append(f"{len(names)} {label}: {', '.join(names[:SHOWN])}{more}")
+    if shapes:
+        parts.append(f"{len(shapes)} of another shape: " + ", ".join(
+            f"{k} {tuple(found[k])} (model {tuple(expected[k])})" for k in shapes[:SHOWN]))
+    raise MarionetteError(f"{source} does not fit {label}: {'; '.join(parts)}.", fix)
+
+
+def load_vividpose(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> VividPose:
+    """The model of a checkpoint: built from its metadata's config, filled strictly, eval, in `dtype`."""
+    from safetensors import safe_open
+    path = os.fspath(path)
+    dtype = check_dtype(dtype, "VividPose model")
+    config = VividPoseConfig.from_json(read_metadata(path)["config"], os.path.basename(path))
+    with torch.device("meta"):
+        model = build_vividpose(config)
+    with safe_open(path, framework="pt", device="cpu") as handle:
+        found = {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}
+        check_keys({k: tuple(v.shape) for k, v in model.state_dict().items()}, found, os.path.basename(path))
+        state = {k: handle.get_tensor(k) for k in handle.keys()}
+    return strict_fill(model, state, "VividPose model", path, FIX, dtype)
