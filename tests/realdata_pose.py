@@ -83,7 +83,8 @@ def load_people(dataset: str) -> list[Person]:
                                           ("face", "face_kpts", "face_box", "face_valid")):
             if a.get(valid):
                 bx, by, bw, bh = a[box_key]
-                person.parts[part] = (np.asarray(a[key], np.float64).reshape(-1, 3), np.array([bx, by, bx + bw, by + bh]))
+                points = np.asarray(a[key], np.float64).reshape(-1, 3)
+                person.parts[part] = (points, np.array([bx, by, bx + bw, by + bh]))
         out.append(person)
     return out
 

@@ -14,7 +14,7 @@ COCO 181 keypoints of 12 people, OCHuman 73 of 5, CrowdPose 43 of 4):
 | COCO-WholeBody right / left hand (hand box) | 0.000 / 0.000 | 0.133 / 0.000 |
 | joints outside the frame reported, people cut at 1/2 and 2/3 height | 39/154 | 13/154 |
 | joints inside the frame reported, same people | 250/342 | 240/342 |
-| Human3.6M (4 single-person studio frames, 12 limb joints + neck), whole frame / crops | 0.827 / 0.846 | 0.885 / 0.865 |
+| Human3.6M (4 studio frames, 12 limb joints + neck), whole frame / crops | 0.827 / 0.846 | 0.885 / 0.865 |
 | JHMDB (3 single-person 320×240 frames), whole frame / crops | 0.692 / 0.359 | 0.923 / 0.718 |
 
 (Scores trade recall against invented joints: with visibility-based scores CrowdPose reached 0.651

@@ -151,7 +151,8 @@ def heatmap_peaks(xy: np.ndarray, heatmap: np.ndarray, kernel: int = HEATMAP_KER
     for i in range(min(n, len(xy))):
         col, row = int(np.floor(xy[i, 0] / (LANDMARK_SIZE / hm_w))), int(np.floor(xy[i, 1] / (LANDMARK_SIZE / hm_h)))
         if 0 <= col < hm_w and 0 <= row < hm_h:
-            out[i] = float(sigmoid(heatmap[max(0, row - half):row + half + 1, max(0, col - half):col + half + 1, i].max()))
+            window = heatmap[max(0, row - half):row + half + 1, max(0, col - half):col + half + 1, i]
+            out[i] = float(sigmoid(window.max()))
     return out
 
 
