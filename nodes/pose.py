@@ -7,9 +7,10 @@ import numpy as np
 
 from ..models.pose.draw import draw_frames as draw_pose_frames
 from ..models.pose.keypoint_json import frames_to_pose_keypoint
+from ..models.pose.smoothing import smooth_frames
 from ..models.pose.types import PoseFrame
 from ..models.vision.image import to_rgb_uint8
-from .combos import DRAW_STYLE, POSE_BACKEND, validate
+from .combos import DRAW_STYLE, POSE_BACKEND, Combo, validate
 from .host import Progress, preview_ui, to_image_tensor
 from .model_paths import mediapipe_dir, model_choices, require_model
 
@@ -18,6 +19,10 @@ from .model_paths import mediapipe_dir, model_choices, require_model
 DRAW_STYLES = {"mimicmotion": ("mimicmotion", {"channel_order": "mimicmotion"}),
                "stableanimator": ("mimicmotion", {"channel_order": "stableanimator"}),
                "openpose": ("openpose", {})}
+SMOOTHING = Combo({"light": "Kalman smoother over the whole clip (no lag), gaps of 2 frames filled, one-frame "
+                              "hand/face blips dropped; two thirds less jitter, error unchanged (measured)",
+                   "strong": "smoother still (gaps of 4 frames filled), but may trail fast limbs",
+                   "off": "every frame as the estimator found it"}, default="light")
 YOLOX, DWPOSE = "yolox_l.onnx", "dw-ll_ucoco_384.onnx"
 DWPOSE_SOURCE = "Hugging Face repo yzd-v/DWPose, the files MimicMotion and controlnet_aux use"
 
@@ -48,7 +53,7 @@ def keep_parts(frame: PoseFrame, body: bool, hands: bool, face: bool) -> PoseFra
     for name, on in (("body", body), ("left_hand", hands), ("right_hand", hands), ("face", face)):
         if not on:
             parts[name] = np.zeros_like(parts[name])
-    return PoseFrame(frame.width, frame.height, **parts)
+    return PoseFrame(frame.width, frame.height, world=frame.world, **parts)
 
 
 def draw_frames(frames: list[PoseFrame], style: str, size: tuple[int, int] | None = None) -> np.ndarray:
@@ -81,22 +86,27 @@ class DWPoseExtract:
                 "bbox_detector": (model_choices("dwpose", (YOLOX,)), {"default": YOLOX}),
                 "pose_estimator": (model_choices("dwpose", (DWPOSE,)), {"default": DWPOSE}),
             },
+            "optional": {
+                "smoothing": SMOOTHING.input("Offline temporal smoothing of the whole clip."),
+            },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, backend=None, draw_style=None):
-        return validate(backend=(POSE_BACKEND, backend), draw_style=(DRAW_STYLE, draw_style))
+    def VALIDATE_INPUTS(cls, backend=None, draw_style=None, smoothing=None):
+        return validate(backend=(POSE_BACKEND, backend), draw_style=(DRAW_STYLE, draw_style),
+                        smoothing=(SMOOTHING, smoothing))
 
     def extract(self, images, backend, detect_body, detect_hands, detect_face, draw_style,
-                bbox_detector, pose_estimator, unique_id=None):
+                bbox_detector, pose_estimator, smoothing="light", unique_id=None):
         frames = to_rgb_uint8(images)
         if POSE_BACKEND.key(backend, "pose backend") == "blazepose":
             estimator = _embedded(detect_hands, detect_face)
         else:
             estimator = _dwpose(bbox_detector, pose_estimator)
         poses = estimator(frames, on_progress=Progress(len(frames), unique_id))
-        poses = [keep_parts(p, detect_body, detect_hands, detect_face) for p in poses]
+        poses = smooth_frames([keep_parts(p, detect_body, detect_hands, detect_face) for p in poses],
+                              SMOOTHING.key(smoothing, "smoothing"))
         keypoints = frames_to_pose_keypoint(poses)
         skeleton = draw_frames(poses, draw_style)
         ui = preview_ui(skeleton, prefix="marionette_pose")
