@@ -14,6 +14,7 @@ COCO 181 keypoints of 12 people, OCHuman 73 of 5, CrowdPose 43 of 4):
 | COCO-WholeBody right / left hand (hand box) | 0.000 / 0.000 | 0.133 / 0.000 |
 | joints outside the frame reported, people cut at 1/2 and 2/3 height | 39/154 | 13/154 |
 | joints inside the frame reported, same people | 250/342 | 240/342 |
+| real back views (COCO: ears labelled, no nose or eyes): nose/eye points reported | 3 of 3 | 0 of 3 |
 | Human3.6M (4 studio frames, 12 limb joints + neck), whole frame / crops | 0.827 / 0.846 | 0.885 / 0.865 |
 | JHMDB (3 single-person 320×240 frames), whole frame / crops | 0.692 / 0.359 | 0.923 / 0.718 |
 
@@ -64,6 +65,23 @@ def test_hands_and_face_on_coco_wholebody(estimate):
     print("\nCOCO-WholeBody PCK@0.1 / @0.2: " + ", ".join(f"{k} {v} / {wide[k]}" for k, v in tallies.items()))
     assert tallies["face"].value >= MIN_FACE_PCK
     assert tallies["right_hand"].value >= MIN_RIGHT_HAND_PCK
+
+
+def test_no_face_on_real_back_views(estimate):
+    """People seen from behind (their ears labelled, nose and eyes not) get no nose, eyes or face."""
+    backs, shown = 0, 0
+    for dataset in ("COCO", "OCHuman"):
+        for person in RP.load_people(dataset):
+            k = person.keypoints
+            if not ((k[:3, 2] == 0).all() and (k[3:5, 2] > 0).any()):
+                continue
+            crop, _ = RP.person_crop(person)
+            frame = estimate(crop)
+            backs += 1
+            shown += int((RP.body_points(frame, person)[:3, 2] > RP.SCORE_MIN).sum())
+            shown += int(frame.num_people and (frame.face[0, :, 2] > RP.SCORE_MIN).sum())
+    print(f"\nback views: {backs} people, face points reported {shown}")
+    assert backs >= 1 and shown == 0
 
 
 def cut_person(person, fraction):
