@@ -14,7 +14,8 @@ from ..models.errors import MarionetteError
 from ..models.pipelines.sd15_animation import SD15Animation, animate_sd15
 from ..models.sd15.context import MAX_CONTEXT, OFFICIAL_CONTEXT, OFFICIAL_OVERLAP
 from .combos import Combo, validate
-from .host import DTYPE_CHOICES, Progress, check_interrupt, load_on_device, preview_ui, resolve_dtype, unet_memory_required
+from .host import (DTYPE_CHOICES, Progress, check_interrupt, load_on_device, preview_ui, resolve_dtype,
+                   unet_memory_required)
 from .model_cache import files_key, managed
 from .model_paths import FOLDERS, diffusers_folders, require_model
 from .socket_types import SD15_ANIMATION_MODEL
@@ -64,8 +65,10 @@ def _image_encoder_path(name: str) -> str:
     folder = _named_folder(name, ("diffusers", "clip_vision"))
     if folder:
         return folder
-    raise MarionetteError(f"The image encoder '{name}' was not found in the 'clip_vision' or 'diffusers' model folders.",
-                          "Download the image_encoder folder of Hugging Face 'lambdalabs/sd-image-variations-diffusers' "
+    raise MarionetteError(f"The image encoder '{name}' was not found in the 'clip_vision' or 'diffusers' model "
+                          "folders.",
+                          "Download the image_encoder folder of Hugging Face "
+                          "'lambdalabs/sd-image-variations-diffusers' "
                           f"into {os.path.join(folder_paths.models_dir, 'diffusers', OFFICIAL_IMAGE_ENCODER)} (or put "
                           "it in models/clip_vision).")
 
@@ -100,7 +103,8 @@ def _family_files(unet_path: str, family: str) -> dict[str, object]:
             raise MarionetteError(f"pose_guider.pth was not found in {folder}.{hint}", fix)
         files["pose_guider"] = path
     else:
-        guidance = {k: os.path.join(folder, n) for k, n in CHAMP_FILES.items() if os.path.isfile(os.path.join(folder, n))}
+        guidance = {k: os.path.join(folder, n) for k, n in CHAMP_FILES.items()
+                    if os.path.isfile(os.path.join(folder, n))}
         if not guidance:
             hint = (" That folder holds Moore-AnimateAnyone's pose_guider.pth: pick family 'animate_anyone'."
                     if os.path.isfile(os.path.join(folder, "pose_guider.pth")) else "")
@@ -130,7 +134,8 @@ class SD15AnimationLoader:
             "image_encoder": ([OFFICIAL_IMAGE_ENCODER] + sorted(
                 set(diffusers_folders() + folder_paths.get_filename_list("clip_vision")) - {OFFICIAL_IMAGE_ENCODER}), {
                 "tooltip": "The sd-image-variations CLIP image encoder (ViT-L/14): the diffusers folder "
-                           "(sd-image-variations-diffusers, image_encoder/ inside) or its files in models/clip_vision."}),
+                           "(sd-image-variations-diffusers, image_encoder/ inside) or its files in "
+                           "models/clip_vision."}),
             "vae": ([OFFICIAL_VAE] + sorted(set(diffusers_folders() + folder_paths.get_filename_list("vae"))
                                             - {OFFICIAL_VAE}), {
                 "tooltip": "sd-vae-ft-mse: its diffusers folder, or vae-ft-mse-840000-ema-pruned.safetensors in "
@@ -171,7 +176,8 @@ class SD15AnimationLoader:
         else:
             from ..models.animate_anyone.tiny import tiny_animate_anyone
             loaded = tiny_animate_anyone(dtype=dtype)
-        return SD15Animation.from_parts(family, loaded, tiny_vae(dtype=dtype), tiny_image_encoder(dtype=dtype), tiny=True)
+        return SD15Animation.from_parts(family, loaded, tiny_vae(dtype=dtype), tiny_image_encoder(dtype=dtype),
+                                        tiny=True)
 
     @staticmethod
     def _real(family, denoising_unet, image_encoder, vae, dtype) -> SD15Animation:
@@ -295,7 +301,8 @@ class _SD15Sampler:
             info["note"] = (f"Champ was trained with all four maps; {', '.join(maps)} alone is outside its training "
                             "distribution.")
         if net.tiny:
-            info["warning"] = TINY_WARNING.format(animation=os.path.join(folder_paths.models_dir, FOLDERS["animation"][0]))
+            folder = os.path.join(folder_paths.models_dir, FOLDERS["animation"][0])
+            info["warning"] = TINY_WARNING.format(animation=folder)
         ui["marionette_sd15"] = [info]
         return ui
 
