@@ -20,9 +20,10 @@ LAYERS = {
     "mimicmotion": {"core"},
     "stableanimator": {"core", "svd"},
     "dispose": {"core", "svd", "sd15", "pose"},
-    "pipelines": {"core", "svd", "sd15", "mimicmotion", "stableanimator", "dispose"},
+    "pipelines": {"core", "svd", "sd15", "mimicmotion", "stableanimator", "dispose", "vividpose"},
     "champ": {"core", "sd15"},
     "animate_anyone": {"core", "sd15"},
+    "vividpose": {"core", "svd", "sd15"},
 }
 CHECKED = set(LAYERS) | {"pose", "body", "render", "synthetic"}  # a package outside LAYERS' values is refused
 NO_SYNTHETIC = ("body", "pose", "render", "vision")

@@ -29,8 +29,9 @@ def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
 def attend(attn, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     """Multi-head softmax(Q K^T * attn.scale) V of projected [B, N, C] tensors -> [B, N, C] (before to_out)."""
     heads = attn.heads
+    # SDPA's own default scale when the layer uses 1/sqrt(d), as diffusers' AttnProcessor2_0 (same rounding)
     out = F.scaled_dot_product_attention(split_heads(query, heads), split_heads(key, heads),
-                                         split_heads(value, heads), scale=attn.scale)
+                                         split_heads(value, heads), scale=None if attn.scale_qk else attn.scale)
     batch, _, tokens, dim = out.shape
     return out.transpose(1, 2).reshape(batch, tokens, heads * dim)
 
@@ -130,7 +131,7 @@ class DecoupledIDAttnProcessor(nn.Module):
                 f"it got a context of shape {None if context is None else tuple(context.shape)}.",
                 "Build the context with VividPose.context(clip, id_tokens) (zeros for the unconditional pass).")
         context = context.to(hidden_states.dtype)
-        clip, identity = context[:, :-self.num_tokens], context[:, -self.num_tokens:]
+        clip, identity = context[:, :-self.num_tokens].contiguous(), context[:, -self.num_tokens:]
         if attn.norm_cross:
             clip = attn.norm_encoder_hidden_states(clip)
         image = attend(attn, attn.to_q(hidden_states), attn.to_k(clip), attn.to_v(clip))

@@ -45,12 +45,19 @@ class ReferenceNet(UNet2DConditionModel):
 
     def unused_parameter_names(self) -> list[str]:
         """Parameters whose results never reach f_r: the output head and what follows the last recorded input."""
-        last = list(spatial_self_attentions(self))[-1].rsplit(".attn1", 1)[0]
+        last = max(spatial_self_attentions(self), key=_execution_order).rsplit(".attn1", 1)[0]
         tail = ("conv_norm_out.", "conv_out.")
         block = last.rsplit(".transformer_blocks.", 1)[0]
         return [n for n, _ in self.named_parameters()
                 if n.startswith(tail) or (n.startswith(last + ".") and not n.startswith(last + ".norm1."))
                 or n.startswith(block + ".proj_out.")]
+
+
+def _execution_order(name: str) -> tuple:
+    """Where a layer runs in the UNet's forward: down blocks, mid block, up blocks, then by index."""
+    parts = name.split(".")
+    stage = {"down_blocks": 0, "mid_block": 1, "up_blocks": 2}[parts[0]]
+    return (stage,) + tuple(int(p) for p in parts if p.isdigit())
 
 
 def build_reference_net(config: dict) -> ReferenceNet:
