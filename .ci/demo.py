@@ -25,24 +25,26 @@ from harness.workflow import TINY_MODELS, override, to_api  # noqa: E402
 NO_DOWNLOAD = ("pose_extraction.json", "champ_guidance.json")
 SMPLX_GRAPH = "vividpose_guidance.json"  # runs when SMPLX_NEUTRAL.npz is in the smplx model folders
 # without their weights, the generative graphs run the tiny models at a small size with few steps
+SMALL = {"size": "custom", "width": 192, "height": 256}
 TINY_SETTINGS = {
-    "mimicmotion.json": {"LoadReference": {"size": "custom", "width": 256, "height": 384},
-                         "SVDAnimateSampler": {"steps": 2}},
-    "stableanimator_hjb.json": {"LoadReference": {"size": "custom", "width": 256, "height": 256},
-                                "SVDAnimateSampler": {"steps": 2},
+    "mimicmotion.json": {"LoadReference": SMALL, "SVDAnimateSampler": {"steps": 2}},
+    "stableanimator_hjb.json": {"LoadReference": SMALL, "SVDAnimateSampler": {"steps": 2},
                                 "HJBFaceRefine": {"iterations": 1, "end_step": 0}},
-    "dispose.json": {"LoadReference": {"size": "custom", "width": 256, "height": 384},
-                     "SVDAnimateSampler": {"steps": 2}, "KeypointCorrespondence": {"ensemble": 2}},
+    "dispose.json": {"LoadReference": SMALL, "SVDAnimateSampler": {"steps": 2},
+                     "KeypointCorrespondence": {"ensemble": 2}},
     "champ.json": {"LoadReference": {"size": "custom", "width": 256, "height": 256}, "ChampSampler": {"steps": 2}},
-    "animate_anyone.json": {"LoadReference": {"size": "custom", "width": 256, "height": 384},
-                            "AnimateAnyoneSampler": {"steps": 2}},
+    "animate_anyone.json": {"LoadReference": SMALL, "AnimateAnyoneSampler": {"steps": 2}},
 }
 # (node, input) -> the model folder its file is looked up in (ComfyUI/models/<folder>)
 WEIGHT_INPUTS = {("SVDAnimationLoader", "svd_folder"): "diffusers", ("SVDAnimationLoader", "checkpoint"): "animation",
                  ("IDAdapterApply", "face_encoder"): "animation", ("HJBFaceRefine", "face_model"): "animation",
                  ("DisPoseControlNetLoader", "controlnet"): "dispose", ("DenseMotionField", "cmp_model"): "dispose",
                  ("KeypointCorrespondence", "sd15"): "checkpoints",
-                 ("SD15AnimationLoader", "denoising_unet"): "animation"}
+                 ("SD15AnimationLoader", "denoising_unet"): "animation",
+                 ("SD15AnimationLoader", "image_encoder"): "diffusers", ("SD15AnimationLoader", "vae"): "diffusers"}
+# a diffusers folder can also be one file in another folder (ComfyUI's single-file checkpoints)
+SINGLE_FILE_FOLDERS = {("SVDAnimationLoader", "svd_folder"): "checkpoints",
+                       ("SD15AnimationLoader", "image_encoder"): "clip_vision", ("SD15AnimationLoader", "vae"): "vae"}
 # insightface's antelopev2 pack: without it ID Adapter Apply is bypassed (its model input passed straight
 # on, as the UI's bypass does) and StableAnimator runs with zero face tokens
 NEEDS_ANTELOPEV2 = "IDAdapterApply"
@@ -96,26 +98,33 @@ def use_users_comfyui(comfy_dir: str) -> str:
     return models
 
 
-def weight_found(folder: str, name: str) -> bool:
+def weight_found(folder: str, name: str, single_file_folder: str | None = None) -> bool:
     import folder_paths
-    if folder == "diffusers":  # a diffusers folder, or ComfyUI's single-file SVD checkpoint
+    if folder == "diffusers":
         if any(os.path.isdir(os.path.join(root, name)) for root in folder_paths.get_folder_paths("diffusers")):
             return True
-        folder = "checkpoints"
+        if single_file_folder is None:
+            return False
+        folder = single_file_folder
     path = folder_paths.get_full_path(folder, name)
     return bool(path and os.path.isfile(path))
 
 
 def missing_weights(prompt: dict) -> list[tuple[str, str]]:
     """(model folder, file) for every weight file the shipped graph names and that is not found."""
-    missing = []
+    wanted = []
     for node in prompt.values():
+        kind, inputs = node["class_type"], node["inputs"]
         for (class_type, input_name), folder in WEIGHT_INPUTS.items():
-            name = node["inputs"].get(input_name)
-            if node["class_type"] == class_type and isinstance(name, str) and not weight_found(folder, name):
-                if class_type != "DenseMotionField" or node["inputs"].get("method") == "cmp":
-                    missing.append((folder, name))
-    return sorted(set(missing))
+            if kind == class_type and isinstance(inputs.get(input_name), str):
+                if kind != "DenseMotionField" or inputs.get("method") == "cmp":
+                    wanted.append((folder, inputs[input_name], SINGLE_FILE_FOLDERS.get((kind, input_name))))
+        if kind == "SVDAnimationLoader" and inputs.get("animation") == "stableanimator":
+            wanted.append(("animation", os.path.join(os.path.dirname(inputs["checkpoint"]), "pose_net.pth"), None))
+    missing = sorted({(folder, name) for folder, name, single in wanted if not weight_found(folder, name, single)})
+    if any(node["class_type"] == NEEDS_ANTELOPEV2 for node in prompt.values()) and not antelopev2_present():
+        missing.append(("insightface", os.path.join("models", "antelopev2", "")))
+    return missing
 
 
 class Runner:
@@ -207,12 +216,12 @@ def main() -> int:
              "body model), which the pack copied into ComfyUI's input folder, as it does in yours")
     failed = 0
     for i, (name, prompt, kind) in enumerate(jobs, 1):
+        what = {"real": "", "weights": " with your weights (slow on a CPU)",
+                "tiny": " on untrained tiny models, small, 2 steps (weights missing)"}[kind]
+        term.say(f"[{i}/{len(jobs)}] workflows/{name}{what}…")
         if not antelopev2_present() and bypass(prompt, NEEDS_ANTELOPEV2):
             term.say("   (no insightface antelopev2 pack in models/insightface/models/antelopev2: ID Adapter Apply "
                      "is bypassed, zero face tokens)")
-        what = {"real": "", "weights": " with your weights (slow on a CPU)",
-                "tiny": " on untrained tiny models, small, 2 steps"}[kind]
-        term.say(f"[{i}/{len(jobs)}] workflows/{name}{what}…")
         t = time.time()
         error, ui = runner.run(prompt)
         if error:

@@ -277,3 +277,41 @@ def test_example_inputs_are_copied_where_missing_and_never_replace_a_users_file(
     assert sorted(os.listdir(users.parent)) == ["marionette_driving.mp4", "marionette_reference.png"]
     fresh = tmp_path / "new" / "input"  # a folder that does not exist yet is made
     assert module.install_example_inputs(str(fresh)) == ["marionette_driving.mp4", "marionette_reference.png"]
+
+
+def _demo_module():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("marionette_demo", ROOT / ".ci" / "demo.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_demo_runs_the_shipped_graphs_where_a_users_comfyui_has_the_weights(comfy_host, tmp_path):
+    """Without weights the demo stands the tiny models in and names the files and folders of the user's
+    ComfyUI; with `--comfyui` pointing at a ComfyUI that has them, it runs the graph as shipped."""
+    import copy
+
+    import folder_paths
+    demo = _demo_module()
+    jobs, wanted = demo.plan(comfy_host)
+    kinds = {name: kind for name, _, kind in jobs}
+    assert kinds["pose_extraction.json"] == kinds["champ_guidance.json"] == "real"
+    assert kinds["mimicmotion.json"] == kinds["dispose.json"] == "tiny"
+    assert ("mimicmotion.json", "animation", "MimicMotion_1-1.pth") in wanted
+    assert ("stableanimator_hjb.json", "animation", os.path.join("Animation", "pose_net.pth")) in wanted
+    user = tmp_path / "ComfyUI"
+    (user / "models" / "diffusers" / "stable-video-diffusion-img2vid-xt").mkdir(parents=True)
+    (user / "models" / "animation").mkdir()
+    (user / "models" / "animation" / "MimicMotion_1-1.pth").write_bytes(b"weights")
+    saved = copy.deepcopy(folder_paths.folder_names_and_paths)
+    try:
+        assert demo.use_users_comfyui(str(user)) == str(user / "models")
+        kinds = {name: kind for name, _, kind in demo.plan(comfy_host)[0]}
+        assert kinds["mimicmotion.json"] == "weights" and kinds["dispose.json"] == "tiny"
+    finally:
+        folder_paths.folder_names_and_paths.clear()
+        folder_paths.folder_names_and_paths.update(saved)
+        folder_paths.filename_list_cache.clear()
+    with pytest.raises(SystemExit, match="no models/ folder"):
+        demo.use_users_comfyui(str(tmp_path / "elsewhere"))
