@@ -61,10 +61,10 @@ def check_keys(expected: dict[str, tuple], found: dict[str, tuple], source: str,
     if not (missing or unexpected or shapes):
         return
     parts = []
-    for label, names in (("missing", missing), ("unexpected", unexpected)):
+    for kind, names in (("missing", missing), ("unexpected", unexpected)):
         if names:
             more = f" and {len(names) - SHOWN} more" if len(names) > SHOWN else ""
-            parts.append(f"{len(names)} {label}: {', '.join(names[:SHOWN])}{more}")
+            parts.append(f"{len(names)} {kind}: {', '.join(names[:SHOWN])}{more}")
     if shapes:
         parts.append(f"{len(shapes)} of another shape: " + ", ".join(
             f"{k} {tuple(found[k])} (model {tuple(expected[k])})" for k in shapes[:SHOWN]))
