@@ -8,11 +8,11 @@ from diffusers import UNet2DConditionModel
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from models.errors import MarionetteError
-from models.vividpose.checkpoint import load_vividpose, read_metadata, save_vividpose
-from models.vividpose.config import FORMAT, tiny_config
-from models.vividpose.sd21 import init_reference_net_from_sd21
-from models.vividpose.tiny import tiny_vividpose
+from marionette.models.errors import MarionetteError
+from marionette.models.vividpose.checkpoint import load_vividpose, read_metadata, save_vividpose
+from marionette.models.vividpose.config import FORMAT, tiny_config
+from marionette.models.vividpose.sd21 import init_reference_net_from_sd21
+from marionette.models.vividpose.tiny import tiny_vividpose
 
 
 def _out(model, frames=2):

@@ -6,13 +6,13 @@ import pytest
 import torch
 from torch import nn
 
-from models.errors import MarionetteError
-from models.svd.unet import build_unet
-from models.vividpose.attention import DecoupledIDAttnProcessor
-from models.vividpose.config import VividPoseConfig, tiny_config
-from models.vividpose.model import cross_attentions
-from models.vividpose.reference_net import spatial_self_attentions
-from models.vividpose.tiny import tiny_vividpose
+from marionette.models.errors import MarionetteError
+from marionette.models.svd.unet import build_unet
+from marionette.models.vividpose.attention import DecoupledIDAttnProcessor
+from marionette.models.vividpose.config import VividPoseConfig, tiny_config
+from marionette.models.vividpose.model import cross_attentions
+from marionette.models.vividpose.reference_net import spatial_self_attentions
+from marionette.models.vividpose.tiny import tiny_vividpose
 
 TOL = 1e-10
 
