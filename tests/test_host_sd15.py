@@ -157,3 +157,32 @@ def test_moore_files_given_as_champ_and_missing_files_are_named(comfy_host, synt
     (champ / "reference_unet.pth").unlink()
     result = comfy_host.run(prompt)
     assert "reference_unet.pth was not found" in result.error["exception_message"]
+
+
+def test_loader_and_samplers_run_on_the_2024_host(tmp_path, synthetic):
+    """The old host's ModelPatcher / load_models_gpu / progress API with both samplers (tiny models)."""
+    from conftest import need_env
+    from harness.media import REFERENCE_FILE, write_png
+    from test_host_2024 import run_on_2024
+    comfy_2024 = need_env("MARIONETTE_COMFY_2024")
+    reference = write_png(str(tmp_path / REFERENCE_FILE), synthetic["reference"].frames[0])
+    prompt = {
+        "1": {"class_type": "LoadReference", "inputs": {"image": REFERENCE_FILE, "size": "custom", "fit": "crop",
+                                                        "width": 64, "height": 64}},
+        "2": pose_node(["1", 0]),
+        "3": {"class_type": "PoseAlign", "inputs": {"reference_pose": ["2", 0], "driving_pose": ["2", 0],
+                                                   "draw_style": "openpose"}},
+        "4": loader("animate_anyone"),
+        "5": {"class_type": "AnimateAnyoneSampler", "inputs": {**common(model=["4", 0], reference_image=["1", 0]),
+                                                                "pose_images": ["3", 1]}},
+        "6": loader("champ"),
+        "7": {"class_type": "ChampSampler", "inputs": {**common(model=["6", 0], reference_image=["1", 0]),
+                                                        "skeleton": ["3", 1], "depth": ["3", 1]}},
+        "8": {"class_type": "PreviewImage", "inputs": {"images": ["5", 0]}},
+        "9": {"class_type": "PreviewImage", "inputs": {"images": ["7", 0]}},
+    }
+    report = run_on_2024(comfy_2024, tmp_path, prompt, reference)
+    assert report["ok"], report["error"]
+    assert report["outputs"]["5"]["marionette_sd15"][0]["model"] == "animate_anyone"
+    assert report["outputs"]["7"]["marionette_sd15"][0]["guidance"] == ["depth", "dwpose"]
+    assert report["outputs"]["8"]["images"] and report["outputs"]["9"]["images"]
