@@ -186,3 +186,26 @@ def test_loader_and_samplers_run_on_the_2024_host(tmp_path, synthetic):
     assert report["outputs"]["5"]["marionette_sd15"][0]["model"] == "animate_anyone"
     assert report["outputs"]["7"]["marionette_sd15"][0]["guidance"] == ["depth", "dwpose"]
     assert report["outputs"]["8"]["images"] and report["outputs"]["9"]["images"]
+
+
+def test_a_moore_pose_guider_renamed_as_a_champ_encoder_is_refused(comfy_host, synthetic_media, animation_dir):
+    """Family by keys, never by file name: Moore's pose guider saved as guidance_encoder_depth.pth is named as such."""
+    from marionette.models.animate_anyone.pose_guider import PoseGuider
+    champ = animation_dir / "champ"
+    for name in ("denoising_unet.pth", "reference_unet.pth", "motion_module.pth"):
+        torch.save({"x": torch.zeros(1)}, champ / name)
+    torch.save(PoseGuider().state_dict(), champ / "guidance_encoder_depth.pth")
+    import folder_paths
+    diffusers = animation_dir.parent / "diffusers"
+    for name in ("sd-image-variations-diffusers", "sd-vae-ft-mse"):  # found (the guidance file fails first)
+        (diffusers / name).mkdir(parents=True)
+    folder_paths.add_model_folder_path("diffusers", str(diffusers))
+    prompt = prompt_for(synthetic_media, "champ")
+    prompt["10"] = loader("champ", "champ/denoising_unet.pth")
+    try:
+        result = comfy_host.run(prompt)
+    finally:
+        folder_paths.folder_names_and_paths["diffusers"][0].remove(str(diffusers))
+    assert not result.success
+    message = result.error["exception_message"]
+    assert "guidance_encoder_depth.pth" in message and ("PoseGuider" in message or "pose_guider" in message), message
