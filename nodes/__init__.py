@@ -12,6 +12,7 @@ from .render import RenderGuidance
 from .save import SavePoseKeypoint
 from .sd15 import AnimateAnyoneSampler, ChampSampler, SD15AnimationLoader
 from .svd import SVDAnimateSampler, SVDAnimationLoader
+from .vividpose import VividPoseGuidance, VividPoseLoader
 
 register_folders()
 ensure_example_inputs()  # the shipped workflows find their inputs in ComfyUI/input
@@ -35,6 +36,8 @@ NODE_CLASS_MAPPINGS = {
     "SD15AnimationLoader": SD15AnimationLoader,
     "ChampSampler": ChampSampler,
     "AnimateAnyoneSampler": AnimateAnyoneSampler,
+    "VividPoseLoader": VividPoseLoader,
+    "VividPoseGuidance": VividPoseGuidance,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "LoadReference": "Load Reference (Marionette)",
@@ -55,4 +58,6 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "SD15AnimationLoader": "Champ / Animate Anyone Loader (Marionette)",
     "ChampSampler": "Champ Sampler (Marionette)",
     "AnimateAnyoneSampler": "Animate Anyone Sampler (Marionette)",
+    "VividPoseLoader": "VividPose Loader (Marionette)",
+    "VividPoseGuidance": "VividPose Guidance (Marionette)",
 }

@@ -207,6 +207,15 @@ class SVDAnimateSampler:
                 face_refine=None, control=None, noise_device="model", unique_id=None):
         from ..models.svd.sampler import SamplerSettings
         net = model.model
+        if getattr(net, "animation", None) == "vividpose":  # VividPose Loader's model (nodes/vividpose.py)
+            from .vividpose import animate_vividpose_model
+            values = dict(steps=steps, cfg_min=cfg_min, cfg_max=cfg_max, fps=fps, motion_bucket_id=motion_bucket_id,
+                          noise_aug_strength=noise_aug_strength, tile_size=tile_size, tile_overlap=tile_overlap,
+                          seed=seed)
+            return animate_vividpose_model(
+                model, reference_image, pose_images, values, decode_chunk, noise_device,
+                _StepReport(steps, unique_id, mm.get_torch_device()),
+                dict(reference_pose=reference_pose, face_refine=face_refine, control=control))
         if not isinstance(net, SVDAnimation):
             raise MarionetteError("The model input is not an SVD animation model.",
                                   "Connect the output of SVD Animation Loader.")

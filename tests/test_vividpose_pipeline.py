@@ -33,7 +33,8 @@ def test_tiny_vividpose_animates_deterministically_with_windows_and_previews(net
     reference, skeleton, render = _inputs()
     previews = []
     result = animate_vividpose(net, reference, skeleton, render, _settings(), device=CPU,
-                               face_embedding=torch.randn(512), on_step=lambda d, t, x: previews.append((d, t, x.shape)))
+                               face_embedding=torch.randn(512),
+                               on_step=lambda d, t, x: previews.append((d, t, x.shape)))
     assert result.frames.shape == (FRAMES, SIZE, SIZE, 3) and result.latents.shape == (FRAMES, 4, 8, 8)
     assert 0 <= float(result.frames.min()) and float(result.frames.max()) <= 1
     assert previews == [(1, 2, (FRAMES, 4, 8, 8)), (2, 2, (FRAMES, 4, 8, 8))]

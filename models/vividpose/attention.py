@@ -77,8 +77,9 @@ class ReferenceSelfAttnProcessor:
         if self.reference is not None:
             reference = expand_reference(self.reference, hidden_states.shape[0]).to(hidden_states.dtype)
             if reference.shape[-1] != hidden_states.shape[-1]:
-                raise MarionetteError(f"Reference features are {reference.shape[-1]} wide, the layer {hidden_states.shape[-1]}.",
-                                      "Use the ReferenceNet built with this UNet (VividPose's config).")
+                raise MarionetteError(
+                    f"Reference features are {reference.shape[-1]} wide, the layer {hidden_states.shape[-1]}.",
+                    "Use the ReferenceNet built with this UNet (VividPose's config).")
             context = torch.cat([hidden_states, reference], dim=1)
         return _finish(attn, attend(attn, query, attn.to_k(context), attn.to_v(context)), hidden_states)
 

@@ -75,7 +75,8 @@ class VividPoseConfig:
             raise MarionetteError(f"Unknown pose injection '{self.pose_injection}'.",
                                   f"Use one of: {', '.join(POSE_INJECTIONS)}.")
         if self.render_type not in RENDER_TYPES:
-            raise MarionetteError(f"Unknown render type '{self.render_type}'.", f"Use one of: {', '.join(RENDER_TYPES)}.")
+            raise MarionetteError(f"Unknown render type '{self.render_type}'.",
+                                  f"Use one of: {', '.join(RENDER_TYPES)}.")
         if self.identity and (isinstance(self.id_tokens, bool) or not isinstance(self.id_tokens, int)
                               or self.id_tokens < 1):
             raise MarionetteError(f"id_tokens must be a positive integer, got {self.id_tokens!r}.",

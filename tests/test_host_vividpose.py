@@ -1,0 +1,59 @@
+"""Tier 2, VividPose: VividPose Loader -> VividPose Guidance -> SVD Animate Sampler in the real host with the
+tiny random model (skeletons from DWPoseExtract as τ2, a stand-in image batch as τ1's renders), and the
+errors a user can run into."""
+import pytest
+import torch
+
+from test_host_svd import FRAMES, SIZE, animate_prompt, run_with_progress
+
+TINY = "tiny random VividPose (no download, testing only)"
+
+
+def vividpose_prompt(media, guidance=True, **kw):
+    prompt = animate_prompt(media, **kw)
+    prompt["10"] = {"class_type": "VividPoseLoader",
+                    "inputs": {"checkpoint": TINY, "svd_folder": "stable-video-diffusion-img2vid-xt", "dtype": "auto"}}
+    if guidance:
+        prompt["13"] = {"class_type": "ImageInvert", "inputs": {"image": ["7", 0]}}  # stands in for a body render
+        prompt["14"] = {"class_type": "VividPoseGuidance",
+                        "inputs": {"model": ["10", 0], "render_images": ["13", 0], "id_scale": 1.0}}
+        prompt["11"]["inputs"]["model"] = ["14", 0]
+    return prompt
+
+
+def test_tiny_vividpose_animates_through_the_svd_sampler(comfy_host, synthetic_media):
+    result, seen = run_with_progress(comfy_host, vividpose_prompt(synthetic_media))
+    assert result.success, result.error
+    frames, latent = result.output("11", 0), result.output("11", 1)["samples"]
+    assert tuple(frames.shape) == (FRAMES, SIZE, SIZE, 3) and float(frames.std()) > 0
+    assert tuple(latent.shape) == (FRAMES, 4, SIZE // 8, SIZE // 8)
+    steps = [(value, total) for node, value, total in seen if node in ("11", None) and total == 2]
+    assert steps[-2:] == [(1, 2), (2, 2)]
+    info = result.ui["11"]["marionette_svd"][0]
+    assert info["model"] == "vividpose" and info["tiny"] and info["pose_injection"] == "latent"
+    assert "untrained tiny VividPose" in info["warning"]
+    assert result.ui["11"]["images"], "no preview written"
+    loaded = result.ui["10"]["marionette_vividpose"][0]
+    assert loaded["identity"] and loaded["render_type"] == "dense"
+
+
+def test_sampler_without_guidance_names_the_missing_node(comfy_host, synthetic_media):
+    result = comfy_host.run(vividpose_prompt(synthetic_media, guidance=False))
+    assert not result.success and "VividPose Guidance" in str(result.error)
+
+
+def test_guidance_refuses_other_models(comfy_host, synthetic_media):
+    prompt = animate_prompt(synthetic_media)
+    prompt["14"] = {"class_type": "VividPoseGuidance",
+                    "inputs": {"model": ["10", 0], "render_images": ["7", 0], "id_scale": 1.0}}
+    prompt["11"]["inputs"]["model"] = ["14", 0]
+    result = comfy_host.run(prompt)
+    assert not result.success and "not a VividPose model" in str(result.error)
+
+
+def test_tiny_choice_is_hidden_without_the_test_models_switch(comfy_host, monkeypatch):
+    from marionette.nodes.vividpose import VividPoseLoader
+    monkeypatch.delenv("MARIONETTE_TEST_MODELS", raising=False)
+    assert TINY not in VividPoseLoader.INPUT_TYPES()["required"]["checkpoint"][0]
+    monkeypatch.setenv("MARIONETTE_TEST_MODELS", "1")
+    assert TINY in VividPoseLoader.INPUT_TYPES()["required"]["checkpoint"][0]
