@@ -209,3 +209,24 @@ def test_a_moore_pose_guider_renamed_as_a_champ_encoder_is_refused(comfy_host, s
     assert not result.success
     message = result.error["exception_message"]
     assert "guidance_encoder_depth.pth" in message and ("PoseGuider" in message or "pose_guider" in message), message
+
+
+def test_latent_previews_reach_the_progress_bar(comfy_host, synthetic_media):
+    """With ComfyUI's latent2rgb previews on, every step sends a preview image of the current x0."""
+    import comfy.utils
+    from comfy.cli_args import LatentPreviewMethod, args
+    previews = []
+    before = args.preview_method
+    args.preview_method = LatentPreviewMethod.Latent2RGB
+    comfy.utils.set_progress_bar_global_hook(
+        lambda value, total, preview, node_id=None: previews.append((value, total, preview)))
+    try:
+        result = comfy_host.run(prompt_for(synthetic_media, seed=12))
+    finally:
+        comfy.utils.set_progress_bar_global_hook(None)
+        args.preview_method = before
+    assert result.success, result.error
+    shown = [preview for value, total, preview in previews if total == 4 and preview is not None]
+    assert len(shown) == 2  # one per step
+    for kind, image, _ in shown:
+        assert kind == "JPEG" and image.size == (SIZE // 8, SIZE // 8)

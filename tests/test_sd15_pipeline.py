@@ -179,3 +179,21 @@ def test_cancel_reaches_guidance_sampling_and_decode():
         with pytest.raises(Stop):
             animate_sd15(model, reference, guidance, SD15SamplerSettings(steps=2), device=torch.device("cpu"),
                          check=check)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_models_sample(dtype):
+    """The released tiny models in a half dtype: noise drawn in the model dtype, latents integrated in float32."""
+    from marionette.models.animate_anyone.tiny import tiny_animate_anyone
+    from marionette.models.sd15.refnet_tiny import tiny_image_encoder, tiny_vae
+    if dtype == torch.float16:
+        try:
+            torch.nn.functional.conv2d(torch.zeros(1, 1, 3, 3, dtype=dtype), torch.zeros(1, 1, 1, 1, dtype=dtype))
+        except RuntimeError:
+            pytest.skip("this torch build has no float16 convolution on the CPU")
+    model = SD15Animation.from_parts("animate_anyone", tiny_animate_anyone(dtype=dtype), tiny_vae(dtype=dtype),
+                                     tiny_image_encoder(dtype=dtype), tiny=True)
+    reference, guidance = inputs(3, ("pose",))
+    result = animate_sd15(model, reference, guidance, SD15SamplerSettings(steps=2), device=torch.device("cpu"))
+    assert result.latents.dtype == torch.float32 and torch.isfinite(result.latents).all()
+    assert result.frames.shape == (3, SIZE, SIZE, 3) and torch.isfinite(result.frames).all()
