@@ -230,3 +230,30 @@ def test_latent_previews_reach_the_progress_bar(comfy_host, synthetic_media):
     assert len(shown) == 2  # one per step
     for kind, image, _ in shown:
         assert kind == "JPEG" and image.size == (SIZE // 8, SIZE // 8)
+
+
+@pytest.mark.parametrize("family", ["animate_anyone", "champ"])
+def test_low_vram_sampling_gives_the_full_load_frames(comfy_host, synthetic_media, family):
+    """ComfyUI's partial load (low VRAM): the layers left in RAM are cast on use; the frames are the full load's."""
+    import comfy.model_management as mm
+    from test_host_memory import forced_low_vram
+
+    def loaded_model():
+        return next(e for e in mm.current_loaded_models if type(e.model.model).__name__ == "SD15Animation")
+
+    prompt = prompt_for(synthetic_media, family)
+    mm.unload_all_models()
+    full = comfy_host.run(prompt)
+    assert full.success, full.error
+    size = loaded_model().model.model_size()
+    assert not loaded_model().model.model.model_lowvram
+    mm.unload_all_models()
+    with forced_low_vram(budget_bytes=size // 3):
+        low = comfy_host.run(prompt)
+    assert low.success, low.error
+    net = loaded_model().model.model
+    assert net.model_lowvram and 0 < net.model_loaded_weight_memory < size
+    assert len([m for m in net.modules() if getattr(m, "comfy_cast_weights", False)]) > 50
+    assert torch.equal(full.output("11", 0), low.output("11", 0))
+    assert torch.equal(full.output("11", 1)["samples"], low.output("11", 1)["samples"])
+    mm.unload_all_models()
