@@ -249,7 +249,8 @@ def report(term: Terminal, out_dir: str, jobs, wanted, user_models) -> None:
         os.path.join(out_dir, "marionette")) else []
     tiny = sorted({k for k, v in kinds.items() if v == "tiny"})
     for file in outputs:
-        made_by_tiny = any(file.startswith(k + "_") for k in tiny)
+        # a graph's own video is <workflow>_<counter>: champ_00001_.mp4 is champ.json's, champ_depth_... is not
+        made_by_tiny = any(file.startswith(k + "_") and file[len(k) + 1:len(k) + 2].isdigit() for k in tiny)
         term.say(f"   marionette/{file}" + ("   (tiny untrained model: proves the graph, not the look)"
                                            if made_by_tiny else ""))
     term.say("   input_marionette_*   the example inputs")
