@@ -38,7 +38,7 @@ def test_every_workflow_has_a_run_test():
     shipped = {os.path.basename(p) for p in glob.glob(str(ROOT / "workflows" / "*.json"))}
     assert shipped == {"pose_extraction.json", "champ_guidance.json", "vividpose_guidance.json", "mimicmotion.json",
                        "stableanimator.json", "stableanimator_hjb.json", "dispose.json", "champ.json",
-                       "animate_anyone.json"}
+                       "animate_anyone.json", "vividpose.json"}  # vividpose.json: test_workflow_vividpose.py
 
 
 def test_pose_extraction_workflow_runs_and_writes_its_outputs(comfy_host, synthetic_media):
