@@ -50,6 +50,8 @@ def _unet_choices() -> list[str]:
 
 
 def _named_folder(name: str, kinds: tuple[str, ...]) -> str | None:
+    if not name or os.path.isabs(name) or ".." in name.split("/"):
+        return None
     for kind in kinds:
         for root in folder_paths.get_folder_paths(kind):
             if os.path.isdir(os.path.join(root, name)):
@@ -157,7 +159,9 @@ class SD15AnimationLoader:
         beside = [os.path.join(folder, n) for n in ("reference_unet.pth", "motion_module.pth", "pose_guider.pth",
                                                     *CHAMP_FILES.values())] if folder else []
         return files_key(unet, *beside, folder_paths.get_full_path("clip_vision", image_encoder or ""),
-                         folder_paths.get_full_path("vae", vae or ""))
+                         folder_paths.get_full_path("vae", vae or ""),
+                         _named_folder(image_encoder or "", ("diffusers", "clip_vision")),
+                         _named_folder(vae or "", ("diffusers", "vae")))
 
     def load(self, family, denoising_unet, image_encoder, vae, dtype):
         family, torch_dtype = FAMILY.key(family, "family"), resolve_dtype(dtype)

@@ -257,3 +257,29 @@ def test_low_vram_sampling_gives_the_full_load_frames(comfy_host, synthetic_medi
     assert torch.equal(full.output("11", 0), low.output("11", 0))
     assert torch.equal(full.output("11", 1)["samples"], low.output("11", 1)["samples"])
     mm.unload_all_models()
+
+
+def test_loader_fingerprint_follows_the_files(comfy_host, animation_dir):
+    """IS_CHANGED changes when a file beside denoising_unet.pth or the VAE folder changes (ComfyUI reloads)."""
+    import folder_paths
+    loader_class = comfy_host.node_class("SD15AnimationLoader")
+    champ = animation_dir / "champ"
+    for name in ("denoising_unet.pth", "reference_unet.pth", "motion_module.pth", "guidance_encoder_depth.pth"):
+        torch.save({"x": torch.zeros(1)}, champ / name)
+    vae = animation_dir.parent / "diffusers" / "sd-vae-ft-mse"
+    vae.mkdir(parents=True)
+    (vae / "config.json").write_text("{}")
+    folder_paths.add_model_folder_path("diffusers", str(vae.parent))
+    folder_paths.filename_list_cache.pop("animation", None)
+    try:
+        inputs = {"family": "champ", "denoising_unet": "champ/denoising_unet.pth",
+                  "image_encoder": "sd-image-variations-diffusers", "vae": "sd-vae-ft-mse", "dtype": "auto"}
+        first = loader_class.IS_CHANGED(**inputs)
+        torch.save({"x": torch.ones(2)}, champ / "guidance_encoder_depth.pth")
+        second = loader_class.IS_CHANGED(**inputs)
+        (vae / "config.json").write_text('{"changed": 1}')
+        third = loader_class.IS_CHANGED(**inputs)
+    finally:
+        folder_paths.folder_names_and_paths["diffusers"][0].remove(str(vae.parent))
+    assert len({first, second, third}) == 3
+    assert loader_class.IS_CHANGED(**{**inputs, "denoising_unet": TINY}) == ""
