@@ -84,11 +84,10 @@ class _Fitter:
         pose[:, :3] = torch.from_numpy(self.orientation[idx])
         return pose
 
-    def orient(self, idx: np.ndarray, betas: torch.Tensor, previous=None) -> None:
+    def orient(self, idx: np.ndarray, betas: torch.Tensor) -> None:
         """The orientation pass over frames `idx` (clip order, see orientation.py): sets
         self.orientation[idx] and, where the keypoints are read with left and right exchanged,
-        swaps them in the targets (and self.swapped). `previous` = (pose [P], translation, frame
-        index) of a fixed frame before them."""
+        swaps them in the targets (and self.swapped)."""
         o = self.options
         pose = self.model.zero_pose(len(idx)).detach().clone().float() + self.bent_limbs()
         pose[:, :3] = torch.tensor(FACING)
@@ -112,13 +111,9 @@ class _Fitter:
             rows = slice(k * h, (k + 1) * h)
             unary[rows] += O.cue_costs(facing[rows], self.face_cue[idx], (-value if swapped else value, conf),
                                        o.face_cue_weight, o.world_cue_weight)
-        gaps = np.diff(np.concatenate([[previous[2] if previous is not None else idx[0] - 1], idx]))
-        before = None
-        if previous is not None:
-            before = axis_angle_to_matrix(previous[0][None, :3].float()).numpy()[0].astype(np.float64)
+        gaps = np.diff(np.concatenate([[idx[0] - 1], idx])).astype(np.float64)
         groups = np.repeat(np.arange(len(kinds)), h)
-        path = O.best_path(unary, matrices, gaps.astype(np.float64), o.turn_weight, before, groups,
-                           o.swap_change_weight)
+        path = O.best_path(unary, matrices, gaps, o.turn_weight, groups, o.swap_change_weight)
         self.orientation[idx] = rot[torch.from_numpy(path), torch.arange(n)].numpy()
         rows = idx[path >= h]
         self.swapped[rows] = True

@@ -6,8 +6,7 @@ and head keypoints; then one hypothesis per frame is picked by dynamic programmi
   data cost (reprojection of the torso and head)
   + facing cues: the face seen (nose or eyes found: the front half), the face not seen while the
     shoulders are (the back half), the 3D keypoints' own facing when a 3D prior is given
-  + turning cost between consecutive frames (squared angle, per frame of gap), also from the
-    frame before the clip part being fitted
+  + turning cost between consecutive frames (squared angle, per frame of gap)
   + for hypotheses fitted with the keypoints' left and right exchanged (detectors swap them on
     side and back views, for single frames or whole stretches): a small cost per swapped frame
     and per change between swapped and not.
@@ -94,18 +93,14 @@ def rotation_angle(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def best_path(unary: np.ndarray, rotations: np.ndarray, gaps: np.ndarray, turn_weight: float,
-              start: np.ndarray | None = None, groups: np.ndarray | None = None,
-              switch_cost: float = 0.0) -> np.ndarray:
+              groups: np.ndarray | None = None, switch_cost: float = 0.0) -> np.ndarray:
     """Viterbi: [T] hypothesis index per frame minimising Σ unary[h_t, t] + turn_weight ·
     angle(R_{t-1}, R_t)² / gap_t (+ switch_cost where groups[h] changes). unary [H, T], rotations
-    [H, T, 3, 3], gaps [T] frames since the previous frame (gaps[0] counts from `start`, a fixed
-    rotation before the first frame, if given)."""
+    [H, T, 3, 3], gaps [T] frames since the previous frame (gaps[0] unused)."""
     h, t = unary.shape
     groups = np.zeros(h, np.int64) if groups is None else np.asarray(groups)
     switch = switch_cost * (groups[:, None] != groups[None, :])
     total = unary[:, 0].copy()
-    if start is not None:
-        total += turn_weight * rotation_angle(start[None], rotations[:, 0]) ** 2 / max(float(gaps[0]), 1.0)
     back = np.zeros((h, t), np.int64)
     for i in range(1, t):
         angle = rotation_angle(rotations[:, i - 1][:, None], rotations[:, i][None])   # [from, to]
