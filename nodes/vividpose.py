@@ -16,8 +16,9 @@ import comfy.model_management as mm
 import folder_paths
 
 from ..models.errors import MarionetteError
-from .host import DTYPE_CHOICES, load_on_device, preview_ui, resolve_dtype, unet_memory_required, check_interrupt
-from .model_cache import files_key, managed
+from .combos import Combo, validate
+from .host import DTYPE_CHOICES, check_interrupt, load_on_device, preview_ui, resolve_dtype, unet_memory_required
+from .model_cache import SessionHolder, cached, file_key, files_key, managed
 from .model_paths import diffusers_folders, model_choices, require_model
 from .socket_types import SVD_ANIMATION_MODEL
 from .tiny_models import tiny_choices
@@ -29,6 +30,12 @@ GUIDANCE_KEY = "marionette_vividpose_guidance"  # model_options entry of a Vivid
 WHERE = ("VividPose has no released weights: train one with Marionette's VividPose trainer and put the "
          ".safetensors file into models/animation")
 TINY_WARNING = "untrained tiny VividPose: the frames are noise, not an animation. " + WHERE + "."
+
+
+FACE = Combo({"none": "no identity: zero identity tokens (also what a model trained without ArcFace needs)",
+              "antelopev2": "the reference's largest face through insightface antelopev2 (raw 512-d ArcFace "
+                            "embedding), into VividPose's identity controller"})
+NO_FACE_FOUND = Combo({"error": "stop with an error", "zeros": "go on with zero identity tokens"})
 
 
 @dataclass
@@ -48,6 +55,34 @@ def _svd_path(name: str) -> str:
     raise MarionetteError(f"The SVD-xt folder or file '{name}' was not found in the 'diffusers' or 'checkpoints' "
                           "model folders.", "Put the stable-video-diffusion-img2vid-xt diffusers folder into "
                           f"{os.path.join(folder_paths.models_dir, 'diffusers')} (VividPose uses its VAE and CLIP).")
+
+
+def _face_embedding(reference: torch.Tensor, on_missing: str) -> tuple[torch.Tensor | None, dict]:
+    """The reference's raw ArcFace embedding from antelopev2 (ComfyUI's insightface folder), held in the
+    same model-cache slot ID Adapter Apply uses."""
+    from ..models.stableanimator.face_id import NEEDED_FILES, FaceEmbedder, check_pack, default_providers, pack_folder
+    if reference is None or reference.ndim != 4 or reference.shape[0] != 1:
+        raise MarionetteError("The face identity needs the reference image (one frame).",
+                              "Connect the reference to VividPose Guidance's reference_image.")
+    roots = folder_paths.get_folder_paths("insightface")
+    root = next((r for r in roots if all(os.path.isfile(os.path.join(pack_folder(r), f)) for f in NEEDED_FILES)),
+                os.path.join(folder_paths.models_dir, "insightface"))
+    folder = check_pack(root)
+    providers = tuple(default_providers())
+    on_gpu = providers[0] != "CPUExecutionProvider"
+    size = sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder) if f.endswith(".onnx"))
+    sessions = cached("antelopev2", (file_key(folder), providers),
+                      lambda: SessionHolder(lambda: FaceEmbedder(root, providers=list(providers)).prepare(), on_gpu),
+                      size=size, load_device=None if on_gpu else torch.device("cpu"))
+    load_on_device(sessions)
+    pixels = np.ascontiguousarray((reference[0].float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy())
+    embedding, box = sessions.model.get().largest_face_embedding(pixels)
+    if embedding is None:
+        if on_missing != "zeros":
+            raise MarionetteError("No face found in the reference image, so VividPose cannot keep the identity.",
+                                  "Use a reference with a visible face, or set no_face to 'zeros'.")
+        return None, {"face": False}
+    return torch.from_numpy(np.asarray(embedding, np.float32)), {"face": True, "box": [float(v) for v in box]}
 
 
 def _vividpose_net(model):
@@ -124,13 +159,27 @@ class VividPoseGuidance:
                                                    "(shown by the loader; 'dense' by default), one per frame."}),
             "id_scale": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0, "step": 0.05,
                                    "tooltip": "Weight of the identity cross-attention (1 = as trained)."}),
+            "face": FACE.input("The identity controller's input:"),
+            "no_face": NO_FACE_FOUND.input("When the reference shows no face:"),
+        }, "optional": {
+            "reference_image": ("IMAGE", {"tooltip": "The reference (LoadReference), for face: antelopev2."}),
         }}
 
-    def apply(self, model, render_images, id_scale):
-        _vividpose_net(model)
+    @classmethod
+    def VALIDATE_INPUTS(cls, face=None, no_face=None):
+        return validate(face=(FACE, face), no_face=(NO_FACE_FOUND, no_face))
+
+    def apply(self, model, render_images, id_scale, face="none", no_face="error", reference_image=None):
+        net = _vividpose_net(model)
+        embedding, report = None, {"face": None}
+        if FACE.key(face, "face") == "antelopev2":
+            if not net.model.config.identity:
+                raise MarionetteError("This VividPose model was trained without the identity controller (no "
+                                      "ArcFace), so it cannot use the face.", "Set face to 'none'.")
+            embedding, report = _face_embedding(reference_image, NO_FACE_FOUND.key(no_face, "no_face"))
         patched = model.clone()
-        patched.model_options[GUIDANCE_KEY] = VividPoseGuidanceInputs(render_images, float(id_scale))
-        return (patched,)
+        patched.model_options[GUIDANCE_KEY] = VividPoseGuidanceInputs(render_images, float(id_scale), embedding)
+        return {"ui": {"marionette_face": [report]}, "result": (patched,)}
 
 
 def animate_vividpose_model(model, reference_image, pose_images, settings_values: dict, decode_chunk: int,

@@ -1,9 +1,13 @@
 """Tier 2, VividPose: VividPose Loader -> VividPose Guidance -> SVD Animate Sampler in the real host with the
 tiny random model (skeletons from DWPoseExtract as τ2, a stand-in image batch as τ1's renders), and the
 errors a user can run into."""
+import os
+import shutil
+
 import pytest
 import torch
 
+from insightface_fixture import face_image, write_antelopev2
 from test_host_svd import FRAMES, SIZE, animate_prompt, run_with_progress
 
 TINY = "tiny random VividPose (no download, testing only)"
@@ -16,7 +20,8 @@ def vividpose_prompt(media, guidance=True, **kw):
     if guidance:
         prompt["13"] = {"class_type": "ImageInvert", "inputs": {"image": ["7", 0]}}  # stands in for a body render
         prompt["14"] = {"class_type": "VividPoseGuidance",
-                        "inputs": {"model": ["10", 0], "render_images": ["13", 0], "id_scale": 1.0}}
+                        "inputs": {"model": ["10", 0], "render_images": ["13", 0], "id_scale": 1.0,
+                                   "face": "none", "no_face": "error"}}
         prompt["11"]["inputs"]["model"] = ["14", 0]
     return prompt
 
@@ -45,7 +50,8 @@ def test_sampler_without_guidance_names_the_missing_node(comfy_host, synthetic_m
 def test_guidance_refuses_other_models(comfy_host, synthetic_media):
     prompt = animate_prompt(synthetic_media)
     prompt["14"] = {"class_type": "VividPoseGuidance",
-                    "inputs": {"model": ["10", 0], "render_images": ["7", 0], "id_scale": 1.0}}
+                    "inputs": {"model": ["10", 0], "render_images": ["7", 0], "id_scale": 1.0, "face": "none",
+                               "no_face": "error"}}
     prompt["11"]["inputs"]["model"] = ["14", 0]
     result = comfy_host.run(prompt)
     assert not result.success and "not a VividPose model" in str(result.error)
@@ -57,3 +63,35 @@ def test_tiny_choice_is_hidden_without_the_test_models_switch(comfy_host, monkey
     assert TINY not in VividPoseLoader.INPUT_TYPES()["required"]["checkpoint"][0]
     monkeypatch.setenv("MARIONETTE_TEST_MODELS", "1")
     assert TINY in VividPoseLoader.INPUT_TYPES()["required"]["checkpoint"][0]
+
+
+@pytest.fixture
+def antelopev2(comfy_host):
+    import folder_paths
+    folder = write_antelopev2(os.path.join(folder_paths.models_dir, "insightface"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_the_reference_face_reaches_the_identity_controller(comfy_host, synthetic_media, antelopev2):
+    """face: antelopev2 gives the (fake pack's) ArcFace embedding of the reference's face to the identity
+    controller, which changes the video; a reference without a face stops or goes on with zeros."""
+    from PIL import Image
+    for face in (True, False):
+        Image.fromarray(face_image(SIZE, face)).save(os.path.join(comfy_host.input_dir, f"vividpose_face_{face}.png"))
+
+    def run(face, choice="antelopev2", no_face="error"):
+        prompt = vividpose_prompt(synthetic_media)
+        prompt["1"]["inputs"]["image"] = f"vividpose_face_{face}.png"
+        prompt["14"]["inputs"].update(face=choice, no_face=no_face, reference_image=["2", 0])
+        return comfy_host.run(prompt)
+
+    plain, with_face = run(True, "none"), run(True)
+    assert plain.success and with_face.success, with_face.error
+    assert with_face.ui["14"]["marionette_face"][0]["face"] is True
+    assert (with_face.output("11", 1)["samples"] - plain.output("11", 1)["samples"]).abs().max() > 1e-5
+    faceless = run(False)
+    assert not faceless.success and "No face found" in str(faceless.error)
+    zeros, faceless_plain = run(False, no_face="zeros"), run(False, "none")
+    assert zeros.success and zeros.ui["14"]["marionette_face"][0]["face"] is False
+    assert torch.equal(zeros.output("11", 1)["samples"], faceless_plain.output("11", 1)["samples"])
