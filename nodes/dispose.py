@@ -16,9 +16,8 @@ from .host import (DTYPE_CHOICES, Progress, check_interrupt, load_on_device, pre
                    unet_memory_required)
 from .model_cache import cached, file_key, files_key, managed
 from .model_paths import diffusers_folders, model_choices, require_model
-from .sockets import SVDControl
 from .tiny_models import tiny_choices
-from .socket_types import DISPOSE_CONTROLNET, KEYPOINT_CORRESPONDENCE, MOTION_FIELD, SVD_CONTROL
+from .socket_types import DISPOSE_CONTROLNET, KEYPOINT_CORRESPONDENCE, MOTION_FIELD, SVD_CONTROL, SVDControl
 
 TINY_CONTROLNET = "tiny random (no download, testing only)"
 TINY_SD = "tiny random SD1.5 (no download, testing only)"

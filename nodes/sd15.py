@@ -185,7 +185,7 @@ class SD15AnimationLoader:
 
     @staticmethod
     def _real(family, denoising_unet, image_encoder, vae, dtype) -> SD15Animation:
-        from ..models.pipelines.sd15_vae import load_sd_vae
+        from ..models.sd15.vae import load_vae
         from ..models.sd15.clip_image import load_image_encoder
         unet_path = require_model("animation", denoising_unet, SOURCES[family])
         files = _family_files(unet_path, family)
@@ -197,7 +197,7 @@ class SD15AnimationLoader:
             from ..models.animate_anyone.loading import load_animate_anyone
             loaded = load_animate_anyone(unet_path, files["reference_unet"], files["motion_module"],
                                          files["pose_guider"], dtype)
-        return SD15Animation.from_parts(family, loaded, load_sd_vae(vae_path, dtype),
+        return SD15Animation.from_parts(family, loaded, load_vae(vae_path, dtype),
                                         load_image_encoder(encoder_path, dtype),
                                         files={"image_encoder": encoder_path, "vae": vae_path})
 

@@ -75,7 +75,7 @@ def test_guidance_pixels_stay_in_unit_range():
 def test_vae_loads_from_a_diffusers_folder_and_refuses_other_files(tmp_path):
     from safetensors.torch import save_file
 
-    from marionette.models.pipelines.sd15_vae import load_sd_vae
+    from marionette.models.sd15.vae import load_vae as load_sd_vae
     vae = tiny_vae()
     vae.save_pretrained(tmp_path / "sd-vae-ft-mse")
     loaded = load_sd_vae(tmp_path / "sd-vae-ft-mse", torch.float32)
