@@ -114,3 +114,46 @@ def test_reference_net_initialises_from_an_sd21_unet_file(tmp_path):
     with pytest.raises(MarionetteError, match=r"sd15_like.safetensors does not fit VividPose's SD2.1-layout "
                                               r"ReferenceNet: 1 missing: conv_in\.weight"):
         init_reference_net_from_sd21(model, tmp_path / "sd15_like.safetensors")
+
+
+def test_reference_net_initialises_from_an_sd21_single_file(tmp_path):
+    """The single-file release (LDM names `model.diffusion_model.*`, written here from the LDM layout, not by
+    our converter) lands on the same tensors as the diffusers file."""
+    from dispose_dift_fixture import ldm_unet_name
+    model = tiny_vividpose(0)
+    config = dict(model.config.reference_net)
+    with torch.random.fork_rng():
+        torch.manual_seed(8)
+        sd21 = UNet2DConditionModel.from_config(config)
+    state = {"model.diffusion_model." + ldm_unet_name(k, config): v for k, v in sd21.state_dict().items()}
+    state["cond_stage_model.model.token_embedding.weight"] = torch.zeros(4, 2)  # other parts of the file: ignored
+    save_file(state, str(tmp_path / "v2-1_512-ema-pruned.safetensors"))
+    init_reference_net_from_sd21(model, tmp_path / "v2-1_512-ema-pruned.safetensors")
+    own = model.reference_net.state_dict()
+    assert all(torch.equal(own[k], v) for k, v in sd21.state_dict().items())
+
+
+def test_full_size_reference_net_has_sd21s_tensors_and_lines_up_with_svd_xt():
+    """Stable Diffusion 2.1's unet/config.json (stabilityai/stable-diffusion-2-1) builds exactly the tensors
+    of the ReferenceNet VividPose derives from SVD-xt, and each of its self-attentions has the width of the
+    SVD-xt layer of the same name."""
+    from marionette.models.vividpose.config import VividPoseConfig
+    from marionette.models.vividpose.model import build_vividpose
+    sd21_config = {"act_fn": "silu", "attention_head_dim": [5, 10, 20, 20],
+                   "block_out_channels": [320, 640, 1280, 1280],
+                   "center_input_sample": False, "cross_attention_dim": 1024,
+                   "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D",
+                                        "DownBlock2D"],
+                   "downsample_padding": 1, "dual_cross_attention": False, "flip_sin_to_cos": True, "freq_shift": 0,
+                   "in_channels": 4, "layers_per_block": 2, "mid_block_scale_factor": 1, "norm_eps": 1e-05,
+                   "norm_num_groups": 32, "num_class_embeds": None, "only_cross_attention": False, "out_channels": 4,
+                   "sample_size": 96, "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D",
+                                                         "CrossAttnUpBlock2D"],
+                   "upcast_attention": True, "use_linear_projection": True}
+    with torch.device("meta"):
+        sd21 = UNet2DConditionModel.from_config(sd21_config)
+        model = build_vividpose(VividPoseConfig())
+    ours = {k: tuple(v.shape) for k, v in model.reference_net.state_dict().items()}
+    assert ours == {k: tuple(v.shape) for k, v in sd21.state_dict().items()}
+    unet_layers = {n: m for n, m in model.unet.named_modules() if n.endswith(".attn1") and ".transformer_blocks." in n}
+    assert len(unet_layers) == 16
