@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from insightface_fixture import face_image, write_antelopev2
-from test_host_svd import FRAMES, SIZE, animate_prompt, run_with_progress
+from test_host_svd import FRAMES, SIZE, animate_prompt, model_dirs, run_with_progress  # noqa: F401 (fixture)
 
 TINY = "tiny random VividPose (no download, testing only)"
 
@@ -95,3 +95,38 @@ def test_the_reference_face_reaches_the_identity_controller(comfy_host, syntheti
     zeros, faceless_plain = run(False, no_face="zeros"), run(False, "none")
     assert zeros.success and zeros.ui["14"]["marionette_face"][0]["face"] is False
     assert torch.equal(zeros.output("11", 1)["samples"], faceless_plain.output("11", 1)["samples"])
+
+
+def test_a_vividpose_checkpoint_loads_with_the_svd_folder(comfy_host, synthetic_media, model_dirs):
+    """The user's path: a trained checkpoint in models/animation + SVD-xt's folder; the same weights as the
+    tiny choice give the same video, and the loader says what the model was trained with."""
+    from marionette.models.vividpose.checkpoint import save_vividpose
+    from marionette.models.vividpose.config import tiny_config
+    from marionette.models.vividpose.tiny import tiny_vividpose
+    save_vividpose(tiny_vividpose(0), model_dirs["animation"] / "vividpose.safetensors")
+    save_vividpose(tiny_vividpose(0, tiny_config(identity=False, pose_injection="conv_in")),
+                   model_dirs["animation"] / "vividpose_no_id.safetensors")
+    tiny = comfy_host.run(vividpose_prompt(synthetic_media))
+    prompt = vividpose_prompt(synthetic_media)
+    prompt["10"]["inputs"]["checkpoint"] = "vividpose.safetensors"
+    real = comfy_host.run(prompt)
+    assert tiny.success and real.success, real.error
+    assert not real.ui["11"]["marionette_svd"][0]["tiny"]
+    assert (real.output("11", 1)["samples"] - tiny.output("11", 1)["samples"]).abs().max() < 1e-3
+    prompt["10"]["inputs"]["checkpoint"] = "vividpose_no_id.safetensors"
+    no_id = comfy_host.run(prompt)
+    assert no_id.success, no_id.error
+    info = no_id.ui["10"]["marionette_vividpose"][0]
+    assert not info["identity"] and info["pose_injection"] == "conv_in" and "without the identity" in info["note"]
+
+
+def test_other_files_are_refused_by_the_loader(comfy_host, synthetic_media, model_dirs):
+    from safetensors.torch import save_file
+    save_file({"unet.conv_in.weight": torch.zeros(1)}, str(model_dirs["animation"] / "MimicMotion.safetensors"))
+    prompt = vividpose_prompt(synthetic_media)
+    prompt["10"]["inputs"]["checkpoint"] = "MimicMotion.safetensors"
+    result = comfy_host.run(prompt)
+    assert not result.success and "is not a VividPose checkpoint" in str(result.error)
+    prompt["10"]["inputs"]["checkpoint"] = "vividpose.safetensors"  # offered by name, not there
+    missing = comfy_host.run(prompt)
+    assert not missing.success and "vividpose.safetensors" in str(missing.error) and "trainer" in str(missing.error)
