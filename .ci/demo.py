@@ -26,13 +26,15 @@ NO_DOWNLOAD = ("pose_extraction.json", "champ_guidance.json")
 SMPLX_GRAPH = "vividpose_guidance.json"  # runs when SMPLX_NEUTRAL.npz is in the smplx model folders
 # without their weights, the generative graphs run the tiny models at a small size with few steps
 SMALL = {"size": "custom", "width": 192, "height": 256}
+# (in this order: the executor keeps a node's output only while the next graph has that node too, so
+# champ.json follows champ_guidance.json and reuses its body fit of the driving clip)
 TINY_SETTINGS = {
+    "champ.json": {"LoadReference": {"size": "custom", "width": 256, "height": 256}, "ChampSampler": {"steps": 2}},
     "mimicmotion.json": {"LoadReference": SMALL, "SVDAnimateSampler": {"steps": 2}},
     "stableanimator_hjb.json": {"LoadReference": SMALL, "SVDAnimateSampler": {"steps": 2},
                                 "HJBFaceRefine": {"iterations": 1, "end_step": 0}},
     "dispose.json": {"LoadReference": SMALL, "SVDAnimateSampler": {"steps": 2},
                      "KeypointCorrespondence": {"ensemble": 2}},
-    "champ.json": {"LoadReference": {"size": "custom", "width": 256, "height": 256}, "ChampSampler": {"steps": 2}},
     "animate_anyone.json": {"LoadReference": SMALL, "AnimateAnyoneSampler": {"steps": 2}},
 }
 # (node, input) -> the model folder its file is looked up in (ComfyUI/models/<folder>)
