@@ -87,3 +87,30 @@ def test_no_person_in_any_frame_is_a_clear_error(comfy_host):
     assert not result.success and "Fix:" in result.error["exception_message"]
     assert comfy_host.run({"1": prompt["1"], "4": {"class_type": "PreviewImage",
                                                    "inputs": {"images": ["1", 0]}}}).success
+
+
+def test_fit_status_and_clip_stable_depth(comfy_host, synthetic_media):
+    """The status line's figures relative to the body size (no face figure for Anny), ShapeAlign's
+    'reference' placement agreeing with PoseAlign's fit, and RenderGuidance's clip-stable depth."""
+    prompt = driving_prompt(synthetic_media)
+    prompt["4"] = fit_node(["3", 0], iterations=10)
+    prompt["5"] = {"class_type": "ImageFromBatch", "inputs": {"image": ["2", 0], "batch_index": 0, "length": 1}}
+    prompt["6"] = pose_node(["5", 0])
+    prompt["7"] = fit_node(["6", 0], iterations=10)
+    prompt["8"] = {"class_type": "ShapeAlign", "inputs": {"driving_body": ["4", 0], "reference_body": ["7", 0],
+                                                          "placement": "reference", "transfer_expression": True}}
+    for key, depth_range in (("9", "frame"), ("10", "clip")):
+        prompt[key] = {"class_type": "RenderGuidance", "inputs": {"body": ["8", 0], "skeleton_style": "openpose",
+                                                                  "depth_range": depth_range}}
+    prompt["11"] = {"class_type": "PreviewImage", "inputs": {"images": ["9", 0]}}
+    prompt["12"] = {"class_type": "PreviewImage", "inputs": {"images": ["10", 0]}}
+    result = comfy_host.run(prompt)
+    assert result.success, result.error
+    status = result.ui["4"]["marionette_body"][0]
+    assert 0 < status["reprojection_relative"] < 0.1 and "face" not in status["parts"]
+    assert set(status["parts"]) >= {"torso", "head", "arms", "legs"}
+    placed = result.output("8", 0).info["shape_align"]
+    assert placed["placement"] == "reference position" and placed["torso_to_aligned_px"] < 10
+    per_frame, clip = result.output("9", 0), result.output("10", 0)
+    assert per_frame.shape == clip.shape and not torch.equal(per_frame, clip)
+    assert torch.equal(result.output("9", 5), result.output("10", 5))     # the mask does not change
