@@ -166,6 +166,14 @@ class VividPoseGuidance:
         }}
 
     @classmethod
+    def IS_CHANGED(cls, face=None, **kwargs):
+        """With face: antelopev2, the pack's fingerprint (a replaced model file makes the node run again)."""
+        if face != "antelopev2":
+            return ""
+        from ..models.stableanimator.face_id import pack_folder
+        return files_key(*(pack_folder(root) for root in folder_paths.get_folder_paths("insightface")))
+
+    @classmethod
     def VALIDATE_INPUTS(cls, face=None, no_face=None):
         return validate(face=(FACE, face), no_face=(NO_FACE_FOUND, no_face))
 

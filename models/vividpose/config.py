@@ -109,9 +109,11 @@ class VividPoseConfig:
         except (TypeError, json.JSONDecodeError) as error:
             raise MarionetteError(f"{source} has an unreadable VividPose configuration ({error}).",
                                   "Save the model again with save_vividpose.") from error
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if not isinstance(values, dict) or unknown:
+        if not isinstance(values, dict):
+            raise MarionetteError(f"{source}'s VividPose configuration is not a JSON object.",
+                                  "Save the model again with save_vividpose.")
+        unknown = sorted(set(values) - {f.name for f in fields(cls)})
+        if unknown:
             raise MarionetteError(f"{source}'s VividPose configuration has unknown entries: {unknown}.",
                                   "It was written by a newer Marionette: update the pack.")
         return cls(**values)
