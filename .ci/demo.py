@@ -202,11 +202,24 @@ def main() -> int:
     parser.add_argument("--comfyui", default=os.environ.get("COMFYUI_DIR"),
                         help="your ComfyUI folder: its model folders are searched for the real weights")
     args = parser.parse_args()
-    t0 = time.time()
+    if args.comfyui and not os.path.isdir(os.path.join(args.comfyui, "models")):
+        parser.error(f"--comfyui {args.comfyui}: there is no models/ folder in it; give your ComfyUI folder "
+                     "(the one with main.py and models/)")
     out_dir = os.path.abspath(args.out_dir)
     shutil.rmtree(os.path.join(out_dir, "marionette"), ignore_errors=True)  # only this run's outputs
     os.makedirs(out_dir, exist_ok=True)
     term = Terminal(os.path.join(out_dir, "comfyui.log"))
+    try:
+        return run_demo(term, args, out_dir)
+    except Exception as e:  # noqa: BLE001 - the terminal shows it; the traceback is in the log
+        import traceback
+        traceback.print_exc()
+        term.say(f"FAILED: {type(e).__name__}: {e} (traceback in {term.log_path})")
+        return 1
+
+
+def run_demo(term: Terminal, args, out_dir: str) -> int:
+    t0 = time.time()
     os.environ["MARIONETTE_TEST_MODELS"] = "1"  # the tiny models stand in where weights are missing
     term.say(f"Marionette demo: starting ComfyUI 0.3.75 headless (its log: {term.log_path})…")
     from harness.comfy_host import ComfyHost
