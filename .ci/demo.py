@@ -23,7 +23,7 @@ import harness  # noqa: E402,F401  (registers the `marionette` library alias)
 from harness.workflow import TINY_MODELS, override, to_api  # noqa: E402
 
 NO_DOWNLOAD = ("pose_extraction.json", "champ_guidance.json")
-SMPLX_GRAPH = "vividpose_guidance.json"  # runs when SMPLX_NEUTRAL.npz is in the smplx model folders
+SMPLX_GRAPHS = ("vividpose_guidance.json", "vividpose.json")  # run when SMPLX_NEUTRAL is in models/smplx
 # without their weights, the generative graphs run the tiny models at a small size with few steps
 SMALL = {"size": "custom", "width": 192, "height": 256}
 # (in this order: the executor keeps a node's output only while the next graph has that node too, so
@@ -36,6 +36,7 @@ TINY_SETTINGS = {
     "dispose.json": {"LoadReference": SMALL, "SVDAnimateSampler": {"steps": 2},
                      "KeypointCorrespondence": {"ensemble": 2}},
     "animate_anyone.json": {"LoadReference": SMALL, "AnimateAnyoneSampler": {"steps": 2}},
+    "vividpose.json": {"LoadReference": SMALL, "SVDAnimateSampler": {"steps": 2}},
 }
 # (node, input) -> the model folder its file is looked up in (ComfyUI/models/<folder>)
 WEIGHT_INPUTS = {("SVDAnimationLoader", "svd_folder"): "diffusers", ("SVDAnimationLoader", "checkpoint"): "animation",
@@ -43,7 +44,8 @@ WEIGHT_INPUTS = {("SVDAnimationLoader", "svd_folder"): "diffusers", ("SVDAnimati
                  ("DisPoseControlNetLoader", "controlnet"): "dispose", ("DenseMotionField", "cmp_model"): "dispose",
                  ("KeypointCorrespondence", "sd15"): "checkpoints",
                  ("SD15AnimationLoader", "denoising_unet"): "animation",
-                 ("SD15AnimationLoader", "image_encoder"): "diffusers", ("SD15AnimationLoader", "vae"): "diffusers"}
+                 ("SD15AnimationLoader", "image_encoder"): "diffusers", ("SD15AnimationLoader", "vae"): "diffusers",
+                 ("VividPoseLoader", "checkpoint"): "animation", ("VividPoseLoader", "svd_folder"): "diffusers"}
 # a diffusers folder can also be one file in another folder (ComfyUI's single-file checkpoints)
 SINGLE_FILE_FOLDERS = {("SVDAnimationLoader", "svd_folder"): "checkpoints",
                        ("SD15AnimationLoader", "image_encoder"): "clip_vision", ("SD15AnimationLoader", "vae"): "vae"}
@@ -170,12 +172,12 @@ def plan(host):
     import folder_paths
     classes = host.nodes.NODE_CLASS_MAPPINGS
     jobs, wanted = [], []
-    names = list(NO_DOWNLOAD)
-    if any(folder_paths.get_full_path("smplx", f"SMPLX_NEUTRAL{ext}") for ext in (".npz", ".pkl")):
-        names.append(SMPLX_GRAPH)
-    for name in names:
+    smplx = any(folder_paths.get_full_path("smplx", f"SMPLX_NEUTRAL{ext}") for ext in (".npz", ".pkl"))
+    for name in NO_DOWNLOAD + (SMPLX_GRAPHS[:1] if smplx else ()):
         jobs.append((name, load(name, classes), "real"))
     for name, settings in TINY_SETTINGS.items():
+        if name in SMPLX_GRAPHS and not smplx:
+            continue
         prompt = load(name, classes)
         missing = missing_weights(prompt)
         if missing:

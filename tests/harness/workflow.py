@@ -88,6 +88,7 @@ TINY_MODELS = {
     "KeypointCorrespondence": {"sd15": "tiny random SD1.5 (no download, testing only)"},
     "DenseMotionField": {"method": "fallback"},
     "SD15AnimationLoader": {"denoising_unet": "tiny random (no download, testing only)"},
+    "VividPoseLoader": {"checkpoint": "tiny random VividPose (no download, testing only)"},
 }
 
 
