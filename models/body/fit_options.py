@@ -38,9 +38,10 @@ class FitOptions:
     - GMoF scale 0.25 of the person's size (~100 px, SMPLify-X's value, on these 512² renders): a
       fixed pixel scale made the same keypoints fit differently at another resolution;
     - 20° starting bend of elbows/knees: 70 mm MPJPE-PA against 79 mm from straight limbs;
-    - limb-depth prior from BlazePose's world landmarks, weight 1e-2 with a 0.25 dead zone: an arm
-      pointing at the camera 70 → 8 cm wrist depth error, Human3.6M PA-MPJPE 89 → 94 mm, the
-      synthetic reference 20 → 28 mm; without the dead zone 7 cm, 94 mm and 43 mm;
+    - limb-depth prior from BlazePose's world landmarks, weight 3e-2 with a 0.55 dead zone: an arm
+      pointing at the camera 70 → 5 cm wrist depth error, Human3.6M PA-MPJPE 89 → 93 mm, the
+      synthetic reference 20 → 23 mm; dead zone 0.25: 4 cm, 98 mm, 30 mm; weight 1e-2 without a
+      dead zone: 7 cm, 94 mm, 43 mm (the prior's own errors then redraw the pose);
     - orientation pass: turn weight 3e-3, swap 1e-3 per frame and 2e-3 per change: two frames of a
       turn read left/right-swapped give a 21° facing error instead of 85°; the face cue (5e-4) only
       tips otherwise equal hypotheses (the embedded backend may score a face on a back view).
@@ -64,8 +65,8 @@ class FitOptions:
     turn_weight: float = 3e-3            # orientation pass: cost of turning, per radian² per frame
     face_cue_weight: float = 5e-4        # orientation pass: cost of facing the half the face cue rules out
     world_cue_weight: float = 1e-2       # orientation pass: cost of facing unlike the 3D keypoints
-    limb_depth_weight: float = 1e-2      # 3D keypoints: squared difference of each limb's depth direction
-    limb_depth_margin: float = 0.25      # 3D keypoints: depth-direction differences below this are free
+    limb_depth_weight: float = 3e-2      # 3D keypoints: squared difference of each limb's depth direction
+    limb_depth_margin: float = 0.55      # 3D keypoints: depth-direction differences below this are free
     swap_weight: float | None = 1e-3     # orientation pass: cost per frame read left/right-swapped (None: never)
     swap_change_weight: float = 2e-3     # orientation pass: cost per change between swapped and not
     limb_error_threshold: float = 0.1    # report frames whose worst limb point is off by more (of body size)
