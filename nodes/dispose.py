@@ -10,7 +10,7 @@ from torch import nn
 import folder_paths
 
 from ..models.errors import MarionetteError
-from ..models.pipelines.dispose import Correspondence, DisPoseGuidance, MotionField
+from ..models.pipelines.dispose import DisPoseGuidance, keypoint_correspondence, motion_field
 from .combos import MOTION_METHOD, validate
 from .host import (DTYPE_CHOICES, Progress, check_interrupt, load_on_device, preview_ui, resolve_dtype, to_image_tensor,
                    unet_memory_required)
@@ -86,33 +86,26 @@ class DenseMotionField:
 
     def build(self, reference_pose, aligned_pose, reference_image, method, cmp_model, person_mask=None,
               unique_id=None):
-        from ..models.dispose.fallback_field import dense_motion_field_fallback
         from ..models.dispose.flow_vis import flow_to_rgb
-        from ..models.dispose.motion_field import dense_motion_field_cmp, sparse_motion_field
         if reference_image.ndim != 4 or reference_image.shape[0] != 1:
             raise MarionetteError(f"The reference image must be one frame, got shape {tuple(reference_image.shape)}.",
                                   "Connect LoadReference's image.")
         frames = _poses(reference_pose, aligned_pose)
-        height, width = int(reference_image.shape[1]), int(reference_image.shape[2])
-        image = reference_image[0].float().cpu().numpy()
-        sparse = sparse_motion_field(frames, height, width)
-        check_interrupt()
         method = MOTION_METHOD.key(method, "method")
+        cmp, report = None, None
         if method == "cmp":
-            cmp = _cmp_model(cmp_model)
-            load_on_device(cmp)  # CMP runs on ComfyUI's device
-            progress = Progress(len(frames) - 1, unique_id)
+            patcher = _cmp_model(cmp_model)
+            load_on_device(patcher)  # CMP runs on ComfyUI's device
+            cmp, progress = patcher.model, Progress(len(frames) - 1, unique_id)
 
             def report(done, total):
                 check_interrupt()
                 progress.bar.update_absolute(done, total)
 
-            dense = dense_motion_field_cmp(cmp.model, image, frames, callback=report)
-        else:
-            mask = None if person_mask is None else person_mask[0].float().cpu()
-            dense = dense_motion_field_fallback(frames, mask, height, width)
-        field = MotionField(dense, sparse, method)
-        dense_rgb, sparse_rgb = flow_to_rgb(dense), flow_to_rgb(sparse)
+        mask = None if person_mask is None else person_mask[0].float().cpu()
+        field = motion_field(frames, reference_image[0].float().cpu().numpy(), method, cmp, mask, report)
+        dense = field.dense
+        dense_rgb, sparse_rgb = flow_to_rgb(dense), flow_to_rgb(field.sparse)
         ui = preview_ui(dense_rgb, prefix="marionette_flow")
         ui["marionette_motion"] = [{"frames": int(dense.shape[0]), "method": field.method,
                                     "max_dense_px": round(float(dense.norm(dim=1).max()), 2)}]
@@ -250,7 +243,6 @@ class KeypointCorrespondence:
         return files_key(folder_paths.get_full_path("checkpoints", sd15), *folders)
 
     def build(self, sd15, reference_image, reference_pose, aligned_pose, seed, ensemble):
-        from ..models.dispose.dift import body_keypoints, dift_features, prompt_embedding, reference_point_embeddings
         if reference_image.ndim != 4 or reference_image.shape[0] != 1:
             raise MarionetteError(f"The reference image must be one frame, got shape {tuple(reference_image.shape)}.",
                                   "Connect LoadReference's image.")
@@ -258,15 +250,10 @@ class KeypointCorrespondence:
         patcher = _sd15(sd15, resolve_dtype("auto"))
         parts = patcher.model
         load_on_device(patcher, memory_required=unet_memory_required(ensemble, height, width, parts.get_dtype(), 1.0))
-        text = prompt_embedding(parts.text_encoder)
-        check_interrupt()
-        features = dift_features(parts.unet, parts.vae, text, reference_image[0].permute(2, 0, 1).float(),
-                                 ensemble=ensemble, seed=seed, scaling_factor=parts.scaling_factor)
         frames = _poses(reference_pose, aligned_pose)
-        xy, visible = body_keypoints(frames)
-        reference = reference_point_embeddings(features.cpu(), xy[0], visible[0], height=height, width=width)
-        result = Correspondence(reference.embeddings[None], torch.from_numpy(xy).float(),
-                                torch.from_numpy(visible), tiny=sd15 == TINY_SD)
+        result = keypoint_correspondence(parts, reference_image[0], frames, seed, ensemble, tiny=sd15 == TINY_SD,
+                                         check=check_interrupt)
+        xy, visible = result.points.numpy(), result.visible.numpy()
         preview = correspondence_preview(reference_image[0], xy, visible)
         ui = preview_ui(preview, prefix="marionette_keypoints")
         ui["marionette_keypoints"] = [{"frames": len(frames) - 1, "reference_points": int(visible[0].sum()),
