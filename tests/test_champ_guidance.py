@@ -103,6 +103,27 @@ def test_released_layout_loads_and_the_unused_attention_is_tolerated(tmp_path):
     assert family_of(path) == "champ"
 
 
+def test_a_few_tiny_tensors_outside_the_encoder_are_ignored_and_logged(tmp_path, caplog):
+    """The released files' sizes point at ~12 tiny tensors the released class cannot name; the official
+    strict=False load ignores them, and so do we (outside the encoder's own submodules, logged)."""
+    encoder = finish(tiny_guidance_encoder())
+    extras = {f"unknown_{i}.weight": torch.randn(16) for i in range(12)}
+    path = save(tmp_path, "guidance_encoder_depth.pth", {**encoder.state_dict(), **extras})
+    maps = torch.rand(1, 3, 32, 32)
+    with caplog.at_level("WARNING", logger="marionette"):
+        loaded = load_guidance_encoder(path, torch.float32, **SIZES)
+    with torch.no_grad():
+        assert torch.equal(loaded(maps), encoder(maps))
+    assert "ignoring 12 small tensors" in caplog.text and "unknown_0.weight" in caplog.text
+    too_big = save(tmp_path, "guidance_encoder_normal.pth", {**encoder.state_dict(), "unknown.weight": torch.zeros(4096)})
+    with pytest.raises(MarionetteError, match="another project's pose guider.*unknown"):
+        load_guidance_encoder(too_big, torch.float32, **SIZES)
+    too_many = save(tmp_path, "guidance_encoder_dwpose.pth",
+                    {**encoder.state_dict(), **{f"u{i}.w": torch.zeros(2) for i in range(17)}})
+    with pytest.raises(MarionetteError, match="another project's pose guider.*u0"):
+        load_guidance_encoder(too_many, torch.float32, **SIZES)
+
+
 def test_anything_but_the_missing_guidance_attention_is_refused_by_name(tmp_path):
     state = tiny_guidance_encoder().state_dict()
     partial = dict(list(unused_attention_layout(TINY_CHANNELS, TINY_HEADS, TINY_GROUPS).items())[:3])

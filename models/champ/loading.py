@@ -1,11 +1,15 @@
 """Loading Champ's released files key-exact: the shared backbone (`sd15.refnet_checkpoints`) and the
 guidance encoders `guidance_encoder_<type>.pth`, one file per guidance type.
 
-Each encoder file must hold exactly the 130 tensors of `GuidanceEncoder` (conv stack + `attentions.0-5`).
-The released files lack the 19 `guidance_attention.*` tensors of the official class (a transformer its
-forward never runs, not built here); a file that does hold all 19 (the class's full state dict re-saved) is
-accepted and those tensors are ignored. Anything else missing, unexpected or mis-shaped is refused by
-name. The guidance type of a file is the slot it is given for, never its file name.
+Each encoder file must hold the 130 tensors of `GuidanceEncoder` (conv stack + `attentions.0-5`) with their
+shapes. The released files lack the 19 `guidance_attention.*` tensors of the official class (a transformer
+its forward never runs, not built here); a file that does hold all 19 (the class's full state dict
+re-saved) is accepted and those tensors are ignored. The released files' sizes also point at about 12 more
+tiny tensors (16-32 values each) whose names the released code cannot tell (shared/reference/keys,
+champ_guidance_encoder.json); the official loader (`strict=False`) ignores them, so up to
+GUIDANCE_SMALL_EXTRAS unknown tensors of at most `SMALL_EXTRA_ELEMENTS` values are ignored too, and logged.
+Anything else missing, unexpected or mis-shaped is refused by name. The guidance type of a file is the slot
+it is given for, never its file name.
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ from ..sd15.guidance_convs import EMBEDDING_CHANNELS, RELEASED_CHANNELS
 from ..sd15.refnet_checkpoints import CHAMP_SOURCE, RefNetBackbone, layout_of, load_backbone, load_module
 from .guidance_encoder import ATTENTION_GROUPS, ATTENTION_HEADS, GUIDANCE_TYPES, ChampGuidance, GuidanceEncoder
 
+GUIDANCE_SMALL_EXTRAS = 16
 GUIDANCE_FIX = (f"Pick guidance_encoder_<type>.pth from {CHAMP_SOURCE} for each guidance type "
                 f"({', '.join(GUIDANCE_TYPES)}); Moore-AnimateAnyone's pose_guider.pth belongs to the Animate "
                 "Anyone model.")
@@ -51,7 +56,7 @@ def load_guidance_encoder(path: str | os.PathLike, dtype: torch.dtype = torch.fl
     dtype = check_dtype(dtype, "Champ guidance encoder")
     return load_module(lambda: GuidanceEncoder(channels, embedding_channels, heads, groups), path,
                        "guidance_encoder", "a Champ guidance encoder", GUIDANCE_FIX, dtype,
-                       optional=unused_attention_layout(channels, heads, groups))
+                       optional=unused_attention_layout(channels, heads, groups), small_extras=GUIDANCE_SMALL_EXTRAS)
 
 
 def load_champ_guidance(paths: Mapping[str, str | os.PathLike], dtype: torch.dtype = torch.float16,

@@ -14,6 +14,8 @@ Files are read by `core.checkpoints` (safetensors, or torch pickles through the 
 """
 from __future__ import annotations
 
+import logging
+import math
 import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -32,6 +34,8 @@ from .refnet_unet import (DenoisingUNet3D, ReferenceUNet, build_denoising_unet, 
 CHAMP_SOURCE = "Hugging Face 'fudan-generative-ai/champ' (folder champ/)"
 MOORE_SOURCE = "Hugging Face 'patrolli/AnimateAnyone'"
 SHOWN_NAMES = 12  # a mismatch message names this many tensors and summarises the rest by prefix
+SMALL_EXTRA_ELEMENTS = 1024  # see champ.loading: what an ignorable unknown tensor may hold at most
+LOG = logging.getLogger("marionette")
 
 
 class Kind(NamedTuple):
@@ -128,11 +132,15 @@ def layout_of(module: nn.Module) -> dict[str, tuple[int, ...]]:
 
 
 def check_layout(found: Mapping[str, tuple[int, ...]], expected: Mapping[str, tuple[int, ...]], what: str,
-                 label: str, fix: str, optional: Mapping[str, tuple[int, ...]] | None = None) -> None:
+                 label: str, fix: str, optional: Mapping[str, tuple[int, ...]] | None = None,
+                 small_extras: int = 0) -> list[str]:
     """Refuse `found` unless it has exactly `expected`'s names and shapes; `optional` names may be there
-    all together with their shapes (then they are ignored) or not at all. The error's `missing`,
-    `unexpected` and `misshaped` attributes hold every offending name."""
+    all together with their shapes (then they are ignored) or not at all. Up to `small_extras` further
+    tensors of at most SMALL_EXTRA_ELEMENTS elements each, outside the module's own submodules, are ignored
+    when everything expected is there (returned, to be reported). The error's `missing`, `unexpected` and
+    `misshaped` attributes hold every offending name."""
     optional = dict(optional or {})
+    own = {k.split(".", 1)[0] for k in [*expected, *optional]}  # the module's own submodules
     present_optional = [k for k in optional if k in found]
     if present_optional and len(present_optional) != len(optional):
         optional = {}  # a partial set is as unexplained as any other extra tensor
@@ -140,8 +148,9 @@ def check_layout(found: Mapping[str, tuple[int, ...]], expected: Mapping[str, tu
     unexpected = [k for k in found if k not in expected and k not in optional]
     misshaped = [f"{k} {list(found[k])} (expected {list(shape)})"
                  for k, shape in {**expected, **optional}.items() if k in found and tuple(found[k]) != tuple(shape)]
-    if not (missing or unexpected or misshaped):
-        return
+    if (not missing and not misshaped and len(unexpected) <= small_extras
+            and all(math.prod(found[k]) <= SMALL_EXTRA_ELEMENTS and k.split(".", 1)[0] not in own for k in unexpected)):
+        return unexpected
     parts = [f"{len(names)} {word}: {_named(names)}" for word, names in
              (("missing", missing), ("unexpected", unexpected), ("with another shape", misshaped)) if names]
     error = MarionetteError(f"{label} does not hold exactly the {len(expected)} tensors of {what} "
@@ -160,21 +169,33 @@ def _named(names: list[str]) -> str:
 
 def read_exact(path: str | os.PathLike, kind: str, expected: Mapping[str, tuple[int, ...]], what: str,
                fix: str, dtype: torch.dtype | None,
-               optional: Mapping[str, tuple[int, ...]] | None = None) -> dict[str, torch.Tensor]:
+               optional: Mapping[str, tuple[int, ...]] | None = None,
+               small_extras: int = 0) -> dict[str, torch.Tensor]:
     """The tensors of `path` after checking it is a file of `kind` holding exactly `expected` (names and
-    shapes; `optional` see `check_layout`), cast one by one to `dtype` (None: as stored)."""
+    shapes; `optional` and `small_extras` see `check_layout`; ignored extras are logged), cast one by one
+    to `dtype` (None: as stored)."""
     path = os.fspath(path)
     label = os.path.basename(path)
     with open_checkpoint(path) as source:
         keys = source.keys()
-        try:
-            found_kind = classify_keys(keys)
+        own = {k.split(".", 1)[0] for k in [*expected, *(optional or {})]}
+        tolerable = [k for k in keys if small_extras and k.split(".", 1)[0] not in own
+                     and math.prod(source.like(k)[0]) <= SMALL_EXTRA_ELEMENTS]
+        usable = [k for k in keys if k not in tolerable]
+        if len(tolerable) > small_extras or not set(expected) <= set(usable):
+            usable = keys  # not a complete file with a few tiny extras: judge it whole
+        try:  # what the file is, told by the tensors a loader could use (not the tolerated tiny extras)
+            found_kind = classify_keys(usable)
         except MarionetteError as error:
             raise MarionetteError(f"{label}: {error.problem}", f"{fix} {error.fix}") from error
         if found_kind != kind:
             raise MarionetteError(f"{label} is {KINDS[found_kind].summary}, not {KINDS[kind].summary}.",
                                   f"{fix} This file belongs where {KINDS[found_kind].files} goes.")
-        check_layout({k: source.like(k)[0] for k in keys}, expected, what, label, fix, optional)
+        ignored = check_layout({k: source.like(k)[0] for k in keys}, expected, what, label, fix, optional,
+                               small_extras)
+        if ignored:
+            LOG.warning("%s: ignoring %d small tensors that %s does not have: %s", label, len(ignored), what,
+                        ", ".join(ignored))
         tensors = {}
         for name in expected:
             tensor = source.get(name)
@@ -183,11 +204,12 @@ def read_exact(path: str | os.PathLike, kind: str, expected: Mapping[str, tuple[
 
 
 def load_module(build: Callable[[], nn.Module], path: str | os.PathLike, kind: str, what: str, fix: str,
-                dtype: torch.dtype, optional: Mapping[str, tuple[int, ...]] | None = None) -> nn.Module:
+                dtype: torch.dtype, optional: Mapping[str, tuple[int, ...]] | None = None,
+                small_extras: int = 0) -> nn.Module:
     """`build()` on the meta device, filled strictly from `path` (a file of `kind`), in `dtype`, eval mode."""
     with torch.device("meta"):
         module = build()
-    tensors = read_exact(path, kind, layout_of(module), what, fix, dtype, optional)
+    tensors = read_exact(path, kind, layout_of(module), what, fix, dtype, optional, small_extras)
     return strict_fill(module, tensors, what, os.path.basename(os.fspath(path)), fix, dtype)
 
 
