@@ -74,7 +74,8 @@ def artifacts_dir():
     return path
 
 
-TIERS = {"host": 1, "test_workflows.py": 1, "test_server.py": 2, "test_browser.py": 3, "test_browser_combos.py": 3}
+TIERS = {"host": 1, "test_workflows.py": 1, "test_server.py": 2, "test_server_animation.py": 2, "test_browser.py": 3,
+         "test_browser_combos.py": 3}
 
 
 def pytest_collection_modifyitems(items):

@@ -21,8 +21,9 @@ def free_port() -> int:
 
 
 class ComfyServer:
-    def __init__(self, comfy_dir: str | None = None, port: int | None = None):
+    def __init__(self, comfy_dir: str | None = None, port: int | None = None, test_models: bool = False):
         self.comfy_dir = comfy_dir or os.environ["MARIONETTE_COMFY"]
+        self.test_models = test_models  # offer the tiny test models (MARIONETTE_TEST_MODELS=1)
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.base = tempfile.mkdtemp(prefix="marionette_server_")
@@ -37,7 +38,9 @@ class ComfyServer:
                "--disable-auto-launch", "--disable-api-nodes", "--base-directory", self.base,
                "--database-url", "sqlite:///:memory:", "--log-stdout"]
         env = dict(os.environ, HF_HUB_OFFLINE="1", DO_NOT_TRACK="1", PYTHONUNBUFFERED="1")
-        env.pop("MARIONETTE_TEST_MODELS", None)  # the server shows what a user sees: no tiny test models
+        env.pop("MARIONETTE_TEST_MODELS", None)  # by default the server shows what a user sees: no tiny models
+        if self.test_models:
+            env["MARIONETTE_TEST_MODELS"] = "1"
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(cmd, cwd=self.comfy_dir, stdout=self._log, stderr=subprocess.STDOUT, env=env)
         deadline = time.time() + timeout
