@@ -22,6 +22,8 @@ import sys
 import types
 import weakref
 
+from memory_runs import rss_mb  # noqa: E402  (benchmarks/ is the script's folder)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 import harness  # noqa: E402,F401  (the `marionette` library alias)
@@ -29,14 +31,6 @@ import harness  # noqa: E402,F401  (the `marionette` library alias)
 import torch  # noqa: E402
 
 MB = 2 ** 20
-
-
-def rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def host_modules():

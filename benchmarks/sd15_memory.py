@@ -17,20 +17,12 @@ Goal: the working memory of `ours` stays flat as F grows (up to the feature stor
 import argparse
 import json
 import os
-import resource
-import subprocess
 import sys
+
+from memory_runs import peak_mb, rss_mb, run_children  # benchmarks/ is the script's folder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = ("ours", "unchunked")
-
-
-def rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def child(config: str, frames: int, size: int, steps: int) -> dict:
@@ -54,7 +46,7 @@ def child(config: str, frames: int, size: int, steps: int) -> dict:
     before = rss_mb()
     result = animate_sd15(model, reference, guidance, SD15SamplerSettings(steps=steps), device=torch.device("cpu"),
                           decode_chunk=chunk)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = peak_mb()
     output = result.frames.numel() * result.frames.element_size() / 2 ** 20
     channels = model.denoising_unet.conv_in.out_channels
     store = frames * channels * (size // 8) ** 2 * 4 / 2 ** 20
@@ -72,14 +64,7 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(args.child[0], int(args.child[1]), args.size, args.steps)))
         return
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    rows = {}
-    for config in CONFIGS:
-        for frames in args.frames:
-            out = subprocess.run([sys.executable, __file__, "--child", config, str(frames), "--size", str(args.size),
-                                  "--steps", str(args.steps)], env=env, check=True, capture_output=True,
-                                 text=True).stdout
-            rows[config, frames] = json.loads(out.strip().splitlines()[-1])
+    rows = run_children(__file__, CONFIGS, args.frames, "--size", str(args.size), "--steps", str(args.steps))
     print(f"tiny Champ (4 guidance encoders) on CPU, {args.size}x{args.size}, {args.steps} step(s); working memory "
           "in MB (peak RSS - before - returned frames)")
     print(f"{'frames':<14}" + "".join(f"{f:>10}" for f in args.frames))

@@ -16,20 +16,12 @@ Goal: the working memory of `tiled` and `hjb` stays flat as F grows.
 import argparse
 import json
 import os
-import resource
-import subprocess
 import sys
+
+from memory_runs import peak_mb, rss_mb, run_children  # benchmarks/ is the script's folder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = ("tiled", "untiled", "hjb", "hjb-graph")
-
-
-def rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def child(config: str, frames: int, size: int, steps: int) -> dict:
@@ -65,7 +57,7 @@ def child(config: str, frames: int, size: int, steps: int) -> dict:
     with torch.no_grad():
         video = torch.cat([decode_latents(model.vae, latents[i:i + chunk], chunk, model.vae_scaling_factor)
                            for i in range(0, frames, chunk)])
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = peak_mb()
     output = video.numel() * video.element_size() / 2 ** 20
     return {"config": config, "frames": frames, "before_mb": before, "peak_mb": peak, "output_mb": output,
             "working_mb": peak - before - output}
@@ -81,14 +73,7 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(args.child[0], int(args.child[1]), args.size, args.steps)))
         return
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    rows = {}
-    for config in CONFIGS:
-        for frames in args.frames:
-            out = subprocess.run([sys.executable, __file__, "--child", config, str(frames), "--size",
-                                  str(args.size), "--steps", str(args.steps)], env=env, check=True,
-                                 capture_output=True, text=True).stdout
-            rows[config, frames] = json.loads(out.strip().splitlines()[-1])
+    rows = run_children(__file__, CONFIGS, args.frames, "--size", str(args.size), "--steps", str(args.steps))
     print(f"tiny StableAnimator on CPU, {args.size}x{args.size}, {args.steps} steps; working memory in MB "
           "(peak RSS - before sampling - returned frames)")
     print(f"{'frames':<12}" + "".join(f"{f:>10}" for f in args.frames))
