@@ -143,7 +143,6 @@ def test_reference_from_image_input_and_missing_image(comfy_host, synthetic_medi
 def test_cancel_stops_pose_extraction_mid_clip(comfy_host, synthetic_media):
     """An interrupt (the UI's cancel) raised while frames are processed stops the node cleanly."""
     import comfy.model_management as mm
-    import comfy.utils
     seen = []
 
     def hook(value, total, preview, node_id=None):
@@ -155,12 +154,7 @@ def test_cancel_stops_pose_extraction_mid_clip(comfy_host, synthetic_media):
               "2": {"class_type": "GetVideoComponents", "inputs": {"video": ["1", 0]}},
               "3": pose_node(["2", 0]),
               "4": {"class_type": "PreviewImage", "inputs": {"images": ["3", 1]}}}
-    comfy.utils.set_progress_bar_global_hook(hook)
-    try:
-        result = comfy_host.run(prompt)
-    finally:
-        comfy.utils.set_progress_bar_global_hook(None)
-        mm.interrupt_current_processing(False)
+    result = comfy_host.run_with_progress_hook(prompt, hook)
     assert not result.success
     assert "execution_interrupted" in [kind for kind, _ in result.messages]
     assert max(seen) == 3 < synthetic_media["driving"].num_frames

@@ -37,17 +37,6 @@ def fit_prompt(media):
     return prompt
 
 
-def run_with_hook(comfy_host, prompt, hook):
-    import comfy.model_management as mm
-    import comfy.utils
-    comfy.utils.set_progress_bar_global_hook(hook)
-    try:
-        return comfy_host.run(prompt)
-    finally:
-        comfy.utils.set_progress_bar_global_hook(None)
-        mm.interrupt_current_processing(False)
-
-
 def test_cancel_stops_the_first_use_build(comfy_host, synthetic_media, fresh_anny, monkeypatch):
     import comfy.model_management as mm
     from server import PromptServer
@@ -62,7 +51,7 @@ def test_cancel_stops_the_first_use_build(comfy_host, synthetic_media, fresh_ann
                 cancelled.append(time.monotonic())
                 mm.interrupt_current_processing(True)
 
-    result = run_with_hook(comfy_host, fit_prompt(synthetic_media), hook)
+    result = comfy_host.run_with_progress_hook(fit_prompt(synthetic_media), hook)
     latency = time.monotonic() - cancelled[0]
     assert not result.success and "execution_interrupted" in [kind for kind, _ in result.messages]
     assert latency < 3.0, f"the queue stayed blocked {latency:.1f} s after Cancel"
@@ -80,7 +69,7 @@ def test_first_use_with_the_data_present_only_checks_it(comfy_host, synthetic_me
     (fresh_anny / built[0].parent.name).mkdir(parents=True)
     shutil.copyfile(built[0], fresh_anny / built[0].parent.name / built[0].name)
     seen = []
-    result = run_with_hook(comfy_host, fit_prompt(synthetic_media),
+    result = comfy_host.run_with_progress_hook(fit_prompt(synthetic_media),
                            lambda value, total, preview, node_id=None: seen.append((value, total)))
     assert result.success, result.error
     assert (STEPS, STEPS) in seen

@@ -52,21 +52,10 @@ def prompt_for(media, family="animate_anyone", pose_size=SIZE, maps=("depth", "n
     return prompt
 
 
-def run_with_hook(comfy_host, prompt, hook):
-    import comfy.model_management as mm
-    import comfy.utils
-    comfy.utils.set_progress_bar_global_hook(hook)
-    try:
-        return comfy_host.run(prompt)
-    finally:
-        comfy.utils.set_progress_bar_global_hook(None)
-        mm.interrupt_current_processing(False)
-
-
 @pytest.mark.parametrize("family", ["animate_anyone", "champ"])
 def test_tiny_models_animate_with_progress_per_window(comfy_host, synthetic_media, family):
     seen = []
-    result = run_with_hook(comfy_host, prompt_for(synthetic_media, family),
+    result = comfy_host.run_with_progress_hook(prompt_for(synthetic_media, family),
                            lambda value, total, preview, node_id=None: seen.append((node_id, value, total)))
     assert result.success, result.error
     frames, latent = result.output("11", 0), result.output("11", 1)["samples"]
@@ -103,7 +92,7 @@ def test_cancel_stops_inside_the_window_loop(comfy_host, synthetic_media):
             if value == 1:
                 mm.interrupt_current_processing(True)
 
-    result = run_with_hook(comfy_host, prompt_for(synthetic_media, steps=2), hook)
+    result = comfy_host.run_with_progress_hook(prompt_for(synthetic_media, steps=2), hook)
     assert not result.success and "execution_interrupted" in [kind for kind, _ in result.messages]
     assert max(seen) <= 2
     assert comfy_host.run(prompt_for(synthetic_media)).success  # the host keeps serving

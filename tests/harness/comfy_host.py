@@ -93,6 +93,18 @@ class ComfyHost:
     def node_class(self, name: str):
         return self.nodes.NODE_CLASS_MAPPINGS[name]
 
+    def run_with_progress_hook(self, prompt: dict, hook) -> RunResult:
+        """`run` with ComfyUI's global progress hook set to `hook(value, total, preview, node_id=None)` (it may
+        interrupt); the hook and the interrupt flag are cleared afterwards."""
+        import comfy.model_management as mm
+        import comfy.utils
+        comfy.utils.set_progress_bar_global_hook(hook)
+        try:
+            return self.run(prompt)
+        finally:
+            comfy.utils.set_progress_bar_global_hook(None)
+            mm.interrupt_current_processing(False)
+
     def run(self, prompt: dict) -> RunResult:
         """Validates and executes an API-format prompt; raises PromptRejected if validation fails."""
         pid = str(uuid.uuid4())
