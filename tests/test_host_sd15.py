@@ -202,18 +202,7 @@ def test_a_moore_pose_guider_renamed_as_a_champ_encoder_is_refused(comfy_host, s
 
 def test_latent_previews_reach_the_progress_bar(comfy_host, synthetic_media):
     """With ComfyUI's latent2rgb previews on, every step sends a preview image of the current x0."""
-    import comfy.utils
-    from comfy.cli_args import LatentPreviewMethod, args
-    previews = []
-    before = args.preview_method
-    args.preview_method = LatentPreviewMethod.Latent2RGB
-    comfy.utils.set_progress_bar_global_hook(
-        lambda value, total, preview, node_id=None: previews.append((value, total, preview)))
-    try:
-        result = comfy_host.run(prompt_for(synthetic_media, seed=12))
-    finally:
-        comfy.utils.set_progress_bar_global_hook(None)
-        args.preview_method = before
+    result, previews = comfy_host.run_with_latent_previews(prompt_for(synthetic_media, seed=12))
     assert result.success, result.error
     shown = [preview for value, total, preview in previews if total == 4 and preview is not None]
     assert len(shown) == 2  # one per step

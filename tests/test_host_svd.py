@@ -50,14 +50,10 @@ def animate_prompt(media, animation="MimicMotion", pose_size=SIZE, **kw):
 
 
 def run_with_progress(comfy_host, prompt):
-    import comfy.utils
     seen = []
-    comfy.utils.set_progress_bar_global_hook(
-        lambda value, total, preview, node_id=None: seen.append((node_id, value, total)))
-    try:
-        return comfy_host.run(prompt), seen
-    finally:
-        comfy.utils.set_progress_bar_global_hook(None)
+    result = comfy_host.run_with_progress_hook(
+        prompt, lambda value, total, preview, node_id=None: seen.append((node_id, value, total)))
+    return result, seen
 
 
 @pytest.mark.parametrize("animation, kept", [("MimicMotion", FRAMES), ("StableAnimator", FRAMES)])
@@ -217,18 +213,7 @@ def test_single_file_svd_is_offered_and_checked(comfy_host, synthetic_media, mod
 
 def test_latent_previews_reach_the_progress_bar(comfy_host, synthetic_media):
     """With ComfyUI's latent2rgb previews on, every step sends a preview image of the current x0."""
-    import comfy.utils
-    from comfy.cli_args import LatentPreviewMethod, args
-    previews = []
-    before = args.preview_method
-    args.preview_method = LatentPreviewMethod.Latent2RGB
-    comfy.utils.set_progress_bar_global_hook(
-        lambda value, total, preview, node_id=None: previews.append((value, total, preview)))
-    try:
-        result = comfy_host.run(animate_prompt(synthetic_media, "StableAnimator", seed=11))
-    finally:
-        comfy.utils.set_progress_bar_global_hook(None)
-        args.preview_method = before
+    result, previews = comfy_host.run_with_latent_previews(animate_prompt(synthetic_media, "StableAnimator", seed=11))
     assert result.success, result.error
     steps = [(value, preview) for value, total, preview in previews if total == 2]
     assert [value for value, _ in steps[-2:]] == [1, 2]

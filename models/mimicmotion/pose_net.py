@@ -21,6 +21,7 @@ import math
 import torch
 from torch import nn
 
+from ..core.images import image_batch
 from ..errors import MarionetteError
 
 # (in, out, kernel, stride) of the eight convs; padding is always 1.
@@ -94,25 +95,13 @@ def pose_images_to_input(images_0_1, dtype: torch.dtype = torch.float32) -> torc
     pixels/255 in [0, 1] is exactly `2 x - 1`. The poses must already be at the video's size
     (StableAnimator resizes them to (W, H) when loading; MimicMotion draws them at that size).
     """
-    images = torch.as_tensor(images_0_1)
-    if images.ndim != 4 or images.shape[-1] != 3:
-        raise MarionetteError(
-            f"Pose images must be an IMAGE batch [frames, H, W, 3]; got shape {tuple(images.shape)}.",
-            "Pass the rendered skeleton frames (RGB) as they come from the pose nodes.")
+    images = image_batch(images_0_1, "Pose images", "rendered skeleton frames")
     height, width = images.shape[1:3]
     if height % DOWNSCALE or width % DOWNSCALE:
         raise MarionetteError(
             f"Pose images are {width}x{height}; PoseNet needs both sides to be multiples of {DOWNSCALE} "
             "so its output matches the latent grid.",
             "Render or resize the poses to the output video size (a multiple of 64 is safest).")
-    if not images.is_floating_point():
-        raise MarionetteError(f"Pose images must be float in [0, 1]; got dtype {images.dtype}.",
-                              "Divide 8-bit images by 255 first.")
-    low, high = float(images.min()), float(images.max())
-    if low < -1e-3 or high > 1 + 1e-3:
-        raise MarionetteError(
-            f"Pose images must lie in [0, 1]; these span [{low:.3f}, {high:.3f}].",
-            "Pass ComfyUI IMAGE values (0..1); do not normalise them beforehand.")
     # float32 arithmetic as in the official code, then the working dtype
     return (images.float() * 2 - 1).to(dtype).permute(0, 3, 1, 2).contiguous()
 

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core.images import image_batch
 from ..errors import MarionetteError
 
 RELEASED_CHANNELS = (16, 32, 96, 256)
@@ -67,16 +68,5 @@ class GuidanceConvStack(nn.Module):
 def maps_to_input(images_0_1, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """ComfyUI IMAGE batch [F, H, W, 3] in [0, 1] -> encoder input [F, 3, H, W] in [0, 1] (no normalisation,
     as the official pipelines feed `pixels / 255`)."""
-    images = torch.as_tensor(images_0_1)
-    if images.ndim != 4 or images.shape[-1] != 3:
-        raise MarionetteError(f"Guidance images must be an IMAGE batch [frames, H, W, 3]; got "
-                              f"{tuple(images.shape)}.",
-                              "Pass the rendered maps (RGB) as the guidance nodes give them.")
-    if not images.is_floating_point():
-        raise MarionetteError(f"Guidance images must be float in [0, 1]; got {images.dtype}.",
-                              "Divide 8-bit images by 255 first.")
-    low, high = float(images.min()), float(images.max())
-    if low < -1e-3 or high > 1 + 1e-3:
-        raise MarionetteError(f"Guidance images must lie in [0, 1]; these span [{low:.3f}, {high:.3f}].",
-                              "Pass ComfyUI IMAGE values (0..1) without normalising them.")
+    images = image_batch(images_0_1, "Guidance images", "rendered maps")
     return images.to(dtype).permute(0, 3, 1, 2).contiguous()

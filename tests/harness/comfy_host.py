@@ -105,6 +105,19 @@ class ComfyHost:
             comfy.utils.set_progress_bar_global_hook(None)
             mm.interrupt_current_processing(False)
 
+    def run_with_latent_previews(self, prompt: dict) -> tuple[RunResult, list]:
+        """`run` with ComfyUI's latent2rgb previews on; also returns every (value, total, preview) the
+        progress bars reported."""
+        from comfy.cli_args import LatentPreviewMethod, args
+        reports, before = [], args.preview_method
+        args.preview_method = LatentPreviewMethod.Latent2RGB
+        try:
+            result = self.run_with_progress_hook(
+                prompt, lambda value, total, preview, node_id=None: reports.append((value, total, preview)))
+        finally:
+            args.preview_method = before
+        return result, reports
+
     def run(self, prompt: dict) -> RunResult:
         """Validates and executes an API-format prompt; raises PromptRejected if validation fails."""
         pid = str(uuid.uuid4())
