@@ -1,6 +1,7 @@
 """ComfyUI node classes: thin wrappers that turn node inputs into `models/` calls."""
 from .body import ShapeAlign, SMPLXFit
 from .dispose import DenseMotionField, DisPoseControlApply, DisPoseControlNetLoader, KeypointCorrespondence
+from .evaluate import VideoMetrics
 from .example_inputs import ensure_example_inputs
 from .face_id import IDAdapterApply
 from .face_refine import HJBFaceRefine
@@ -38,6 +39,7 @@ NODE_CLASS_MAPPINGS = {
     "AnimateAnyoneSampler": AnimateAnyoneSampler,
     "VividPoseLoader": VividPoseLoader,
     "VividPoseGuidance": VividPoseGuidance,
+    "VideoMetrics": VideoMetrics,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "LoadReference": "Load Reference (Marionette)",
@@ -60,4 +62,5 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "AnimateAnyoneSampler": "Animate Anyone Sampler (Marionette)",
     "VividPoseLoader": "VividPose Loader (Marionette)",
     "VividPoseGuidance": "VividPose Guidance (Marionette)",
+    "VideoMetrics": "Video Metrics (Marionette)",
 }
