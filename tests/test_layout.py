@@ -24,6 +24,8 @@ LAYERS = {
     "champ": {"core", "sd15"},
     "animate_anyone": {"core", "sd15"},
     "vividpose": {"core", "svd", "sd15"},
+    "evaluation": {"core"},
+    "training": {"core", "svd", "vividpose", "pipelines", "pose", "body", "render", "evaluation", "stableanimator"},
 }
 CHECKED = set(LAYERS) | {"pose", "body", "render", "synthetic"}  # a package outside LAYERS' values is refused
 NO_SYNTHETIC = ("body", "pose", "render", "vision")

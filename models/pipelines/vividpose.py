@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..errors import MarionetteError
-from ..svd.conditioning import clip_image_embedding, images_to_nchw, reference_latent
+from ..svd.conditioning import CLIP_MEAN, CLIP_STD, clip_image_embedding, images_to_nchw, reference_latent
 from ..svd.sampler import SamplerSettings, sample, seeded_generator
 from ..vividpose.model import VividPose
 from .svd_animation import AnimationResult, check_sizes, decode_video
@@ -137,13 +137,24 @@ def tiny_vividpose_animation(seed: int = 0, dtype: torch.dtype = torch.float32, 
                               base.clip_std, dtype, tiny=True)
 
 
-def load_vividpose_animation(checkpoint: str | os.PathLike, svd_folder_or_file: str | os.PathLike,
+def load_vividpose_animation(checkpoint: str | os.PathLike, svd_folder_or_file: str | os.PathLike | None,
                              dtype: torch.dtype = torch.float16) -> VividPoseAnimation:
-    """A trained VividPose checkpoint with SVD-xt's VAE and CLIP image encoder (diffusers folder or
-    ComfyUI's single file); SVD's own UNet weights are not read (the checkpoint holds VividPose's)."""
+    """A trained VividPose checkpoint with the VAE and CLIP image encoder it was trained with: the ones it
+    bundles, or else SVD-xt's (diffusers folder or ComfyUI's single file; SVD's own UNet weights are not
+    read, the checkpoint holds VividPose's)."""
     from ..svd.base import load_svd_base
-    from ..vividpose.checkpoint import load_vividpose
+    from ..vividpose.checkpoint import load_companions, load_vividpose
     model = load_vividpose(checkpoint, dtype)
+    bundled = load_companions(checkpoint, dtype)
+    if set(bundled) == {"vae", "image_encoder"}:
+        extras = model.config.extras
+        return VividPoseAnimation(model, bundled["vae"], bundled["image_encoder"],
+                                  bundled["vae"].config.scaling_factor, extras.get("clip_mean", CLIP_MEAN),
+                                  extras.get("clip_std", CLIP_STD), dtype, tiny=False,
+                                  files={"vividpose": os.fspath(checkpoint)})
+    if svd_folder_or_file is None:
+        raise MarionetteError(f"{os.path.basename(os.fspath(checkpoint))} does not bundle its VAE and image encoder.",
+                              "Choose the SVD-xt folder or file it was trained with (stable-video-diffusion-img2vid-xt).")
     path = os.fspath(svd_folder_or_file)
     if os.path.isfile(path):
         from ..svd.single_file import load_svd_single_file

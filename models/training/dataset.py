@@ -302,34 +302,48 @@ class ClipDataset(torch.utils.data.Dataset):
     """Windows of `frames` frames (every `stride`-th frame) from the cached clips of one split.
 
     Items are (clip, start) pairs over every clip of the split, starts stepping by frames // 2; each item
-    is a dict of uint8 tensors: frames / render / skeleton [F, H, W, 3], mask [F, H, W] when cached, and
-    reference [H, W, 3] = the clip's first frame."""
+    is a dict of uint8 tensors: frames / render / skeleton [F, H, W, 3], mask [F, H, W] when cached,
+    reference [H, W, 3] = the clip's first frame, plus `clip` (its position in `clips`) and `indices`
+    (the frame numbers). `anchor=True` lays windows out as the SVD sampler does: the clip's frame 0
+    first, then F - 1 consecutive frames, so a model learns the windows it will be sampled in."""
 
-    def __init__(self, cache_dir, split: str = "train", frames: int = 8, stride: int = 1):
-        if int(frames) < 1 or int(stride) < 1:
-            raise MarionetteError(f"Bad window: frames={frames}, stride={stride}.", "Use frames >= 1 and stride >= 1.")
-        self.cache_dir, self.frames, self.stride = Path(cache_dir), int(frames), int(stride)
+    def __init__(self, cache_dir, split: str = "train", frames: int = 8, stride: int = 1, anchor: bool = False):
+        if int(frames) < 1 + bool(anchor) or int(stride) < 1:
+            raise MarionetteError(f"Bad window: frames={frames}, stride={stride}.",
+                                  "Use frames >= 1 (2 with the anchor frame) and stride >= 1.")
+        self.cache_dir, self.frames, self.stride, self.anchor = Path(cache_dir), int(frames), int(stride), bool(anchor)
         index = read_index(cache_dir)
         splits = index.get("splits", {})
         self.clips = [name for name in index["clips"] if splits.get(name, "train") == split]
-        span, step = (self.frames - 1) * self.stride + 1, max(1, self.frames // 2)
+        moving = self.frames - self.anchor
+        span, step = (moving - 1) * self.stride + 1, max(1, moving // 2)
         self.items = []
         for name in self.clips:
             count = int((read_metadata(clip_path(cache_dir, name)) or {}).get("frames", 0))
-            self.items += [(name, start) for start in range(0, count - span + 1, step)]
+            first = int(self.anchor)
+            self.items += [(name, start) for start in range(first, count - span + 1, step)]
 
     def __len__(self) -> int:
         return len(self.items)
 
+    def window(self, start: int) -> list[int]:
+        moving = list(range(start, start + (self.frames - self.anchor) * self.stride, self.stride))
+        return [0] + moving if self.anchor else moving
+
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         from safetensors import safe_open
         name, start = self.items[i]
-        stop = start + (self.frames - 1) * self.stride + 1
+        indices = self.window(start)
         with safe_open(str(clip_path(self.cache_dir, name)), "pt") as f:
             keys = set(f.keys())
-            out = {k: f.get_slice(k)[start:stop][::self.stride].contiguous()
-                   for k in ("frames", "render", "skeleton", "mask") if k in keys}
+            out = {}
+            for k in ("frames", "render", "skeleton", "mask"):
+                if k in keys:
+                    moving = f.get_slice(k)[indices[self.anchor]:indices[-1] + 1][::self.stride]
+                    out[k] = torch.cat([f.get_slice(k)[0:1], moving]) if self.anchor else moving.contiguous()
             out["reference"] = f.get_slice("frames")[0:1][0].contiguous()
+        out["clip"] = torch.tensor(self.clips.index(name))
+        out["indices"] = torch.tensor(indices)
         return out
 
 

@@ -1,12 +1,18 @@
 """VividPose checkpoints: one safetensors file, every tensor of the model by its module name, and the
 architecture (`VividPoseConfig`) as JSON in the file's metadata. Loading rebuilds exactly that
 architecture (pose injection point, identity tokens, ...) and fills it strictly; a file that does not fit
-is refused with the names of the missing, unexpected and mis-shaped tensors."""
+is refused with the names of the missing, unexpected and mis-shaped tensors.
+
+A file may also bundle the VAE and image encoder the model was trained with ("companions", under the
+prefixes `vae.` / `image_encoder.`, their classes and configs in the metadata): a model trained without
+SVD's VAE and CLIP (e.g. the small one trained here) then runs on its own."""
 from __future__ import annotations
 
+import json
 import os
 
 import torch
+from torch import nn
 
 from ..core.checkpoints import checkpoint_suffix
 from ..core.dtypes import check_dtype
@@ -17,15 +23,46 @@ from .model import VividPose, build_vividpose
 
 FIX = "Use a checkpoint written by Marionette's VividPose trainer (save_vividpose)."
 SHOWN = 6  # names listed per kind of mismatch
+COMPANION_CLASSES = {"vae": ("AutoencoderKLTemporalDecoder",), "image_encoder": ("CLIPVisionModelWithProjection",)}
 
 
-def save_vividpose(model: VividPose, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
-    """Write `model` (its state dict, contiguous, as stored) with its config in the metadata; `metadata`
-    adds string entries (e.g. the training command)."""
+def companion_spec(module: nn.Module) -> dict:
+    """{'class', 'config'} of a bundled diffusers VAE or transformers image encoder."""
+    config = module.config
+    config = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    return {"class": type(module).__name__, "config": json.loads(json.dumps(config, default=str))}
+
+
+def build_companion(name: str, spec: dict) -> nn.Module:
+    """The (random) module a companion spec describes."""
+    if spec.get("class") not in COMPANION_CLASSES.get(name, ()):
+        raise MarionetteError(f"Unknown bundled {name} class {spec.get('class')!r}.", FIX)
+    if name == "vae":
+        from diffusers import AutoencoderKLTemporalDecoder
+        return AutoencoderKLTemporalDecoder.from_config(spec["config"])
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+    return CLIPVisionModelWithProjection(CLIPVisionConfig(**spec["config"]))
+
+
+def save_vividpose(model: VividPose, path: str | os.PathLike, metadata: dict[str, str] | None = None,
+                   companions: dict[str, nn.Module] | None = None, dtype: torch.dtype | None = None) -> None:
+    """Write `model` (its state dict, contiguous; in `dtype` if given) with its config in the metadata;
+    `metadata` adds string entries (e.g. the training command); `companions` bundles a 'vae' and/or
+    'image_encoder'."""
     from safetensors.torch import save_file
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    state = {k: v.detach() for k, v in model.state_dict().items()}
+    specs = {}
+    for name, module in (companions or {}).items():
+        specs[name] = companion_spec(module)
+        with torch.device("meta"):
+            build_companion(name, specs[name])  # refuses classes the loader would not rebuild
+        state.update({f"{name}.{k}": v.detach() for k, v in module.state_dict().items()})
+    state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous()
+             for k, v in state.items()}
     info = dict(metadata or {})
     info.update(format=FORMAT, format_version=str(FORMAT_VERSION), config=model.config.to_json())
+    if specs:
+        info["companions"] = json.dumps(specs, sort_keys=True)
     save_file(state, os.fspath(path), metadata=info)
 
 
@@ -79,8 +116,35 @@ def load_vividpose(path: str | os.PathLike, dtype: torch.dtype = torch.float32) 
     config = VividPoseConfig.from_json(read_metadata(path)["config"], os.path.basename(path))
     with torch.device("meta"):
         model = build_vividpose(config)
+    bundled = tuple(f"{name}." for name in companion_specs(path))
     with safe_open(path, framework="pt", device="cpu") as handle:
-        found = {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}
+        keys = [k for k in handle.keys() if not k.startswith(bundled)] if bundled else list(handle.keys())
+        found = {k: tuple(handle.get_slice(k).get_shape()) for k in keys}
         check_keys({k: tuple(v.shape) for k, v in model.state_dict().items()}, found, os.path.basename(path))
-        state = {k: handle.get_tensor(k) for k in handle.keys()}
+        state = {k: handle.get_tensor(k) for k in keys}
     return strict_fill(model, state, "VividPose model", path, FIX, dtype)
+
+
+def companion_specs(path: str | os.PathLike) -> dict[str, dict]:
+    """The bundled modules' specs of a checkpoint ({} when it bundles none)."""
+    text = read_metadata(path).get("companions")
+    return json.loads(text) if text else {}
+
+
+def load_companions(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> dict[str, nn.Module]:
+    """The VAE / image encoder a checkpoint bundles, built from their specs and filled strictly, eval."""
+    from safetensors import safe_open
+    path = os.fspath(path)
+    out = {}
+    with safe_open(path, framework="pt", device="cpu") as handle:
+        for name, spec in companion_specs(path).items():
+            with torch.device("meta"):
+                module = build_companion(name, spec)
+            prefix = f"{name}."
+            keys = [k for k in handle.keys() if k.startswith(prefix)]
+            found = {k[len(prefix):]: tuple(handle.get_slice(k).get_shape()) for k in keys}
+            check_keys({k: tuple(v.shape) for k, v in module.state_dict().items()}, found,
+                       os.path.basename(path), f"its bundled {name}")
+            state = {k[len(prefix):]: handle.get_tensor(k) for k in keys}
+            out[name] = strict_fill(module, state, f"bundled {name}", path, FIX, dtype)
+    return out

@@ -96,17 +96,23 @@ class VividPose(nn.Module):
         return self.pose_controller(render, skeleton)
 
     # ------------------------------------------------------------------------------------------ state
-    @contextlib.contextmanager
-    def reference_attention(self, features: dict[str, torch.Tensor] | None):
-        """Inside: the spatial self-attentions also attend to `features` (None: to nothing else)."""
+    def set_reference_features(self, features: dict[str, torch.Tensor] | None) -> None:
+        """From now on the spatial self-attentions also attend to `features` (None: to nothing else).
+        Prefer `reference_attention`; training sets them inside it so that a gradient-checkpointed
+        backward, which re-runs the layers, still sees them."""
         if features is not None and set(features) != set(self._reference_processors):
             missing = sorted(set(self._reference_processors) - set(features))
             raise MarionetteError(f"Reference features lack {len(missing)} layers (e.g. {missing[:3]}).",
                                   "Make them with reference_features() of this model.")
+        for name, processor in self._reference_processors.items():
+            processor.reference = None if features is None else features[name]
+
+    @contextlib.contextmanager
+    def reference_attention(self, features: dict[str, torch.Tensor] | None):
+        """Inside: the spatial self-attentions also attend to `features`; outside, as before."""
         previous = {name: p.reference for name, p in self._reference_processors.items()}
         try:
-            for name, processor in self._reference_processors.items():
-                processor.reference = None if features is None else features[name]
+            self.set_reference_features(features)
             yield
         finally:
             for name, processor in self._reference_processors.items():

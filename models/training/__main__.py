@@ -1,0 +1,111 @@
+"""Command line of the trainer (run from the pack's folder, the one holding `models/`):
+
+    python -m models.training prepare     --videos DIR --cache DATA            # once: pose, body, renders
+    python -m models.training autoencoder --data DATA --output-dir runs/ae     # only without SVD's VAE
+    python -m models.training vividpose   --data DATA --autoencoder runs/ae/autoencoder.safetensors \\
+                                          --output-dir runs/vividpose
+Several processes / GPUs / machines: the same command under `accelerate launch [--num_processes N ...] -m
+models.training ...` or `torchrun --nproc_per_node N -m models.training ...`. Rerunning a command with the
+same --output-dir resumes it; Ctrl-C saves and exits.
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from dataclasses import fields
+
+from ..errors import MarionetteError
+from .engine import TrainSettings, settings_from_args, train
+
+
+def _run_arguments(parser: argparse.ArgumentParser, defaults: dict) -> None:
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bar")
+    for f in fields(TrainSettings):
+        if f.name == "output_dir":
+            parser.add_argument("--output-dir", required=True)
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        default = defaults.get(f.name, f.default)
+        if f.type in (bool, "bool"):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
+        else:
+            kind = {"int": int, "float": float, "str": str}.get(str(f.type), type(f.default))
+            parser.add_argument(flag, type=kind, default=default)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m models.training", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    prep = commands.add_parser("prepare", help="preprocess a folder of videos into a training dataset")
+    prep.add_argument("--videos", required=True)
+    prep.add_argument("--cache", required=True)
+    prep.add_argument("--width", type=int, default=96)
+    prep.add_argument("--height", type=int, default=128)
+    prep.add_argument("--body-model", default="anny")
+    prep.add_argument("--render-type", default="dense")
+    prep.add_argument("--face-root", default=None, help="insightface folder with antelopev2 (identity training)")
+
+    ae = commands.add_parser("autoencoder", help="train the small autoencoder (models without SVD's VAE)")
+    ae.add_argument("--data", required=True)
+    ae.add_argument("--frames", type=int, default=4)
+    _run_arguments(ae, {"steps": 2000, "batch_size": 4, "learning_rate": 1e-3, "ema_decay": 0.0,
+                        "save_every": 250, "validate_every": 250})
+
+    vp = commands.add_parser("vividpose", help="train VividPose")
+    vp.add_argument("--data", required=True)
+    vp.add_argument("--autoencoder", required=True, help="autoencoder.safetensors of an `autoencoder` run")
+    vp.add_argument("--frames", type=int, default=8)
+    vp.add_argument("--drop-probability", type=float, default=0.1)
+    vp.add_argument("--identity", action=argparse.BooleanOptionalAction, default=False)
+    vp.add_argument("--validation-clip", default="")
+    _run_arguments(vp, {"steps": 4000, "batch_size": 2, "learning_rate": 3e-4, "ema_decay": 0.999,
+                        "warmup_steps": 100, "save_every": 250, "validate_every": 500})
+    return parser
+
+
+def _face_embedder(root: str | None):
+    """insightface antelopev2 (ArcFace) from `root`, for datasets that train the identity controller."""
+    if root is None:
+        return None
+    from ..stableanimator.face_id import FaceEmbedder
+    return FaceEmbedder(root)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _parser().parse_args(argv)
+    command = "python -m models.training " + shlex.join(argv)
+    try:
+        if args.command == "prepare":
+            from .dataset import prepare_dataset
+            index = prepare_dataset(args.videos, args.cache, size=(args.width, args.height),
+                                    body_model=args.body_model, render_type=args.render_type,
+                                    face_embedder=_face_embedder(args.face_root))
+            print(f"{len(index['clips'])} clips ready, {len(index['skipped'])} skipped (listed in index.json).")
+            return 0
+        settings = settings_from_args(args, args.output_dir)
+        if args.command == "autoencoder":
+            from .autoencoder import AutoencoderTask, AutoencoderTaskConfig
+            task = AutoencoderTask(AutoencoderTaskConfig(data=args.data, frames=args.frames))
+        else:
+            from .vividpose_task import VividPoseTask, VividPoseTaskConfig, check_data
+            check_data(args.data)
+            task = VividPoseTask(VividPoseTaskConfig(
+                data=args.data, autoencoder=args.autoencoder, frames=args.frames,
+                drop_probability=args.drop_probability, identity=args.identity,
+                validation_clip=args.validation_clip))
+        result = train(task, settings, command, progress=args.progress)
+        print(f"[{task.name}] {result['step']} steps; model: {result['export']}")
+        return 0
+    except KeyboardInterrupt:
+        print("interrupted: the state is saved; run the same command again to resume", file=sys.stderr)
+        return 130
+    except MarionetteError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

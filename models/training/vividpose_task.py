@@ -1,0 +1,231 @@
+"""Training VividPose: the EDM objective on clips of a prepared dataset (`training.dataset`).
+
+Per sample: F consecutive frames of a clip, the clip's first frame as the reference, and the frames'
+τ1 body renders and τ2 skeletons. The VAE (frozen) encodes the frames to x0 and the noise-augmented
+reference to the concatenated conditioning latent, as SVD; the image encoder gives the context; the
+ReferenceNet sees the clean reference latent. Conditioning dropout: with `drop_probability` a micro-step
+is unconditional in exactly the way the sampler's unconditional pass is (zero reference latent, zero
+context, no reference features, no pose), so classifier-free guidance has a trained negative.
+
+Trainable (the paper): the UNet, ReferenceNet, pose controller and identity controller; the VAE and,
+when it comes from SVD, the CLIP encoder are frozen. A small model trained without CLIP trains its own
+small image encoder alongside (`train_image_encoder`); the choice is recorded in the checkpoint.
+"""
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from ..errors import MarionetteError
+from ..svd.conditioning import CLIP_MEAN, CLIP_STD, DEFAULT_NOISE_AUG, clip_pixel_values
+from ..vividpose.checkpoint import save_vividpose
+from ..vividpose.config import VividPoseConfig
+from ..vividpose.model import VividPose
+from .edm import denoiser_inputs, edm_loss, noise_and_sigma, sample_generator
+
+FPS, MOTION_BUCKET = 7, 127  # SVD micro-conditioning the sampler node uses by default
+
+
+def small_unet_config(frames: int = 8) -> dict:
+    """The SVD UNet of the small model trained here: SVD-xt's block kinds at 32/64/96 channels, 32-channel
+    heads (the ReferenceNet mirrors it: ~6 M parameters together)."""
+    return {
+        "in_channels": 8, "out_channels": 4,
+        "down_block_types": ["CrossAttnDownBlockSpatioTemporal", "CrossAttnDownBlockSpatioTemporal",
+                             "DownBlockSpatioTemporal"],
+        "up_block_types": ["UpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal",
+                           "CrossAttnUpBlockSpatioTemporal"],
+        "block_out_channels": [32, 64, 96], "layers_per_block": 1, "cross_attention_dim": 64,
+        "num_attention_heads": [1, 2, 3], "transformer_layers_per_block": 1, "addition_time_embed_dim": 16,
+        "projection_class_embeddings_input_dim": 48, "num_frames": frames, "sample_size": 16,
+    }
+
+
+SMALL_IMAGE_ENCODER = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=64, patch_size=16)
+
+
+@dataclass
+class VividPoseTaskConfig:
+    data: str                                  # a prepared dataset folder (training.dataset)
+    autoencoder: str                           # the VAE: an autoencoder export of this trainer
+    frames: int = 8
+    drop_probability: float = 0.1
+    noise_aug_strength: float = DEFAULT_NOISE_AUG
+    identity: bool = False                     # needs face embeddings in the dataset (ArcFace, antelopev2)
+    render_type: str = "dense"
+    train_image_encoder: bool = True
+    unet: dict = field(default_factory=small_unet_config)
+    pose_channels: tuple = (16, 32, 64, 128)
+    pose_heads: int = 4
+    validation_clip: str = ""                  # a clip of the dataset (default: the first held-out one)
+
+
+class VividPoseTrainer(nn.Module):
+    """The training module: VividPose + image encoder (+ the frozen VAE). `forward` returns per-sample
+    losses, so DDP sees every trained parameter's use."""
+
+    def __init__(self, model: VividPose, vae: nn.Module, image_encoder: nn.Module, config: VividPoseTaskConfig):
+        super().__init__()
+        self.model, self.vae, self.image_encoder, self.settings = model, vae.requires_grad_(False), image_encoder, config
+        self.image_encoder.requires_grad_(config.train_image_encoder)
+        self.scaling = float(vae.config.scaling_factor)
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8/float IMAGE [N, H, W, 3] (float in [-1, 1] after augmentation allowed) -> raw latents."""
+        return self.vae.encode(images).latent_dist.mode()
+
+    def forward(self, latents, reference, render, skeleton, noise, sigma, ref_noise, drop: bool, face=None):
+        """latents [B, F, 4, h, w]: the frames' raw VAE latents (`LatentWindows`); images uint8."""
+        batch, count = latents.shape[:2]
+        x0 = latents.float() * self.scaling
+        ref = _signed(reference)
+        model = self.model
+        if drop:
+            cond_latent = torch.zeros_like(x0)
+            context = torch.zeros(batch, 1 + (model.config.id_tokens if model.id_controller else 0),
+                                  model.config.context_dim, device=x0.device)
+            features = pose = None
+        else:
+            cond_latent = self.encode(ref + self.settings.noise_aug_strength * ref_noise)
+            cond_latent = cond_latent.unsqueeze(1).expand(-1, count, -1, -1, -1)
+            size = int(self.image_encoder.config.image_size)
+            pixels = clip_pixel_values(reference.float() / 255.0, size=size).to(x0.device)
+            clip = self.image_encoder(pixel_values=pixels).image_embeds.unsqueeze(1)
+            tokens = model.identity_tokens(face) if (model.id_controller is not None and face is not None) else None
+            context = model.context(clip, tokens)
+            features = model.reference_features(self.encode(ref), clip)
+            pose = model.pose_features(_unit(render.flatten(0, 1)), _unit(skeleton.flatten(0, 1)))
+        scaled, noisy, c_noise = denoiser_inputs(x0, noise, sigma)
+        model.set_reference_features(features)  # cleared by the task's scope after the backward
+        time_ids = torch.tensor([[FPS - 1, MOTION_BUCKET, self.settings.noise_aug_strength]],
+                                device=x0.device).expand(batch, -1)
+        sample = torch.cat([scaled, cond_latent.to(scaled.dtype)], dim=2)
+        v = model(sample, c_noise, context, time_ids, pose_features=pose)[0]
+        return edm_loss(v, noisy, x0, sigma)
+
+
+def _signed(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [N, H, W, 3] -> float [N, 3, H, W] in [-1, 1]."""
+    return images.permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def _unit(images: torch.Tensor) -> torch.Tensor:
+    return images.permute(0, 3, 1, 2).float() / 255.0
+
+
+def small_image_encoder(context_dim: int) -> nn.Module:
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+    return CLIPVisionModelWithProjection(CLIPVisionConfig(**SMALL_IMAGE_ENCODER, projection_dim=context_dim))
+
+
+class VividPoseTask:
+    name = "vividpose"
+
+    def __init__(self, config: VividPoseTaskConfig, split: str = "train"):
+        self.c, self.split = config, split
+        self._vae, self._dataset = None, None
+
+    def config(self) -> dict:
+        return asdict(self.c)
+
+    def vividpose_config(self, scaling: float) -> VividPoseConfig:
+        c = self.c
+        unet = copy.deepcopy(c.unet)
+        unet["num_frames"] = c.frames
+        extras = {"vae": "autoencoder trained by Marionette's trainer (bundled)",
+                  "image_encoder": ("small CLIP ViT trained with the model (bundled)" if c.train_image_encoder
+                                    else "small CLIP ViT, random and frozen (bundled)"),
+                  "identity": "on (ArcFace antelopev2)" if c.identity else "off: trained without ArcFace",
+                  "clip_mean": list(CLIP_MEAN), "clip_std": list(CLIP_STD), "frames": c.frames,
+                  "fps": FPS, "motion_bucket_id": MOTION_BUCKET, "noise_aug_strength": c.noise_aug_strength}
+        return VividPoseConfig(unet=unet, identity=c.identity, render_type=c.render_type,
+                               pose_channels=c.pose_channels, pose_heads=c.pose_heads,
+                               reference_latent_scale=scaling, extras=extras)
+
+    def build(self) -> VividPoseTrainer:
+        from .autoencoder import load_autoencoder
+        vae = self._vae = load_autoencoder(self.c.autoencoder)
+        config = self.vividpose_config(float(vae.config.scaling_factor))
+        model = VividPose(config)
+        encoder = small_image_encoder(config.context_dim)
+        return VividPoseTrainer(model, vae, encoder, self.c)
+
+    def dataset(self):
+        from .dataset import ClipDataset
+        if self._dataset is None:
+            windows = ClipDataset(self.c.data, split=self.split, frames=self.c.frames, anchor=True)
+            self._dataset = LatentWindows(windows, self._vae)
+        return self._dataset
+
+    def drop_probability(self) -> float:
+        return float(self.c.drop_probability)
+
+    def loss(self, module, batch: dict, keys: list[int], drop: bool) -> torch.Tensor:
+        device = next(module.parameters()).device
+        latents = batch["latents"].to(device)
+        b, f, _, lh, lw = latents.shape
+        h, w = batch["reference"].shape[1:3]
+        noise, sigma, ref_noise = [], [], []
+        for key in keys:
+            g = sample_generator(key)
+            n, s = noise_and_sigma((f, 4, lh, lw), g)
+            noise.append(n)
+            sigma.append(s)
+            ref_noise.append(torch.randn((3, h, w), generator=g))
+        face = batch.get("face_embedding")
+        if self.c.identity and face is None:
+            raise MarionetteError("identity=True needs face embeddings in the dataset.",
+                                  "Prepare the dataset with --face-root (insightface antelopev2), or train with "
+                                  "identity off.")
+        return module(latents, batch["reference"].to(device), batch["render"].to(device),
+                      batch["skeleton"].to(device), torch.stack(noise).to(device), torch.stack(sigma),
+                      torch.stack(ref_noise).to(device), drop, None if face is None else face.to(device))
+
+    def scope(self, plain: VividPoseTrainer):
+        return plain.model.reference_attention(None)
+
+    def enable_gradient_checkpointing(self, plain: VividPoseTrainer) -> None:
+        plain.model.unet.enable_gradient_checkpointing()
+        plain.model.reference_net.enable_gradient_checkpointing()
+
+    def export(self, plain: VividPoseTrainer, path: str, metadata: dict[str, str]) -> None:
+        save_vividpose(plain.model, path, metadata, companions={"vae": plain.vae, "image_encoder": plain.image_encoder})
+
+    def validate(self, plain: VividPoseTrainer, folder: str, step: int) -> None:
+        from .validation import validation_video
+        validation_video(plain, self.c, folder, step)
+
+
+class LatentWindows(torch.utils.data.Dataset):
+    """`ClipDataset` windows plus their frames' raw VAE latents ('latents' [F, 4, h, w]): the frozen VAE
+    encodes every clip once when the dataset is made, not every step."""
+
+    def __init__(self, windows, vae: nn.Module, chunk: int = 16):
+        from .dataset import load_clip
+        self.windows, self.latents = windows, []
+        device = next(vae.parameters()).device
+        for name in windows.clips:
+            frames = load_clip(windows.cache_dir, name)["frames"]
+            with torch.no_grad():
+                self.latents.append(torch.cat([vae.encode(_signed(frames[i:i + chunk]).to(device)).latent_dist.mode()
+                                               .float().cpu() for i in range(0, len(frames), chunk)]))
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getitem__(self, i: int) -> dict:
+        item = self.windows[i]
+        item["latents"] = self.latents[int(item["clip"])][item["indices"]]
+        return item
+
+
+def check_data(path: str) -> None:
+    if not os.path.isfile(os.path.join(path, "index.json")):
+        raise MarionetteError(f"{path} is not a prepared dataset (no index.json).",
+                              "Run `python -m models.training prepare --videos DIR --cache DIR` first.")

@@ -1,0 +1,192 @@
+"""The trainer: EDM objective, two gloo processes == one process, bit-exact resume, Ctrl-C, learning.
+
+A tiny prepared dataset (rendered people through our own pose / body / render stages) and a random
+tiny autoencoder are made once per session; the runs use the tiny VividPose (`training_probe.tiny_task`).
+"""
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from harness import ROOT
+from marionette.models.pipelines.svd_tiny import TINY_VAE
+from marionette.models.training.autoencoder import load_autoencoder, save_autoencoder
+from marionette.models.training.edm import edm_loss, noise_and_sigma, sample_generator
+from marionette.models.training.engine import TrainSettings, global_batch, micro_slice, train
+
+PROBE = os.path.join(os.path.dirname(__file__), "training_probe.py")
+sys.path.insert(0, os.path.dirname(__file__))
+from training_probe import tiny_task  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    pytest.importorskip("anny")
+    from marionette.models.synthetic.video_set import render_video_set
+    from marionette.models.training.dataset import prepare_dataset
+    root = tmp_path_factory.mktemp("training")
+    render_video_set(root / "videos", train=2, heldout=1, width=96, height=128, frames=10, seed=3)
+    index = prepare_dataset(root / "videos", root / "data", size=(32, 48), progress=lambda *a: None)
+    assert len(index["clips"]) == 3, index["skipped"]
+    from diffusers import AutoencoderKLTemporalDecoder
+    torch.manual_seed(0)
+    save_autoencoder(AutoencoderKLTemporalDecoder(**TINY_VAE), str(root / "ae.safetensors"), 2.0)
+    return str(root / "data"), str(root / "ae.safetensors")
+
+
+def _probe(tiny_data, out, processes=1, **options):
+    data, ae = tiny_data
+    args = [PROBE, "--data", data, "--autoencoder", ae, "--out", str(out)]
+    for key, value in options.items():
+        args += [f"--{key.replace('_', '-')}"] + ([] if value is True else [str(value)])
+    if processes > 1:
+        args = ["-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port", "29517"] + args
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    done = subprocess.run([sys.executable] + args, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return _losses(out)
+
+
+def _losses(out):
+    with open(os.path.join(out, "log.csv")) as f:
+        return [float(line.split(",")[1]) for line in f.read().splitlines()[1:]]
+
+
+# ------------------------------------------------------------------------------------------ objective
+def test_edm_loss_is_the_v_prediction_regression():
+    """Independent derivation: with sigma_data = 1, lambda(sigma) c_out^2 = 1, so the weighted EDM loss is
+    |F - v|^2 with v = (eps - sigma x0) / sqrt(sigma^2 + 1)."""
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(3, 2, 4, 5, 6, generator=g, dtype=torch.float64)
+    eps = torch.randn(x0.shape, generator=g, dtype=torch.float64)
+    sigma = torch.tensor([0.05, 1.0, 30.0], dtype=torch.float64)
+    prediction = torch.randn(x0.shape, generator=g, dtype=torch.float64)
+    s = sigma.view(-1, 1, 1, 1, 1)
+    v = (eps - s * x0) / (s ** 2 + 1).sqrt()
+    expected = (prediction - v).square().flatten(1).mean(1)
+    ours = edm_loss(prediction, x0 + s * eps, x0, sigma)
+    assert torch.allclose(ours.double(), expected, rtol=1e-5), (ours, expected)
+
+
+def test_noise_levels_are_log_normal_and_per_sample():
+    sigmas = torch.stack([noise_and_sigma((1,), sample_generator(k))[1] for k in range(4000)])
+    assert abs(sigmas.log().mean() - 0.7) < 0.08 and abs(sigmas.log().std() - 1.6) < 0.08
+    a, b = noise_and_sigma((3,), sample_generator(7)), noise_and_sigma((3,), sample_generator(7))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_global_batch_is_split_over_processes_and_micro_steps_without_overlap():
+    batch = global_batch(10, seed=1, step=3, total=8)
+    assert len(batch) == 8 and len(set(batch)) <= 8
+    parts = [p for micro in range(2) for rank in range(2) for p in micro_slice(micro, rank, 2, 2)]
+    assert sorted(parts) == list(range(8))
+    # epochs: the first 10 positions are a permutation of the dataset
+    assert sorted(global_batch(10, 1, 0, 5) + global_batch(10, 1, 1, 5)) == list(range(10))
+
+
+# --------------------------------------------------------------------------------------- distributed
+def test_two_gloo_processes_give_the_loss_and_gradients_of_one(tiny_data, tmp_path):
+    one = _probe(tiny_data, tmp_path / "one", batch_size=2, steps=2)
+    two = _probe(tiny_data, tmp_path / "two", processes=2, batch_size=1, steps=2)
+    assert len(one) == len(two) == 2
+    assert max(abs(a - b) for a, b in zip(one, two)) <= 1e-6, (one, two)
+    g1, g2 = load_file(tmp_path / "one" / "gradients.safetensors"), load_file(tmp_path / "two" / "gradients.safetensors")
+    assert set(g1) == set(g2) and len(g1) > 50
+    worst = max(float((g1[k] - g2[k]).abs().max()) for k in g1)
+    assert worst <= 1e-6, worst
+    assert any(float(g.abs().max()) > 1e-4 for g in g1.values())  # the gradients are not all zero
+
+
+def test_gradient_accumulation_equals_the_larger_batch(tiny_data, tmp_path):
+    big = _probe(tiny_data, tmp_path / "big", batch_size=2, steps=1)
+    accumulated = _probe(tiny_data, tmp_path / "acc", batch_size=1, grad_accum=2, steps=1)
+    assert abs(big[0] - accumulated[0]) <= 1e-6
+    g1, g2 = load_file(tmp_path / "big" / "gradients.safetensors"), load_file(tmp_path / "acc" / "gradients.safetensors")
+    assert max(float((g1[k] - g2[k]).abs().max()) for k in g1) <= 1e-6
+
+
+def test_gradient_checkpointing_changes_nothing(tiny_data, tmp_path):
+    plain = _probe(tiny_data, tmp_path / "plain", steps=1)
+    checkpointed = _probe(tiny_data, tmp_path / "ckpt", steps=1, checkpointing=True)
+    assert abs(plain[0] - checkpointed[0]) <= 1e-6
+    g1, g2 = load_file(tmp_path / "plain" / "gradients.safetensors"), load_file(tmp_path / "ckpt" / "gradients.safetensors")
+    assert max(float((g1[k] - g2[k]).abs().max()) for k in g1) <= 1e-6
+
+
+# ------------------------------------------------------------------------------------------ resume
+def test_resumed_run_equals_the_uninterrupted_one_bit_for_bit(tiny_data, tmp_path):
+    whole = _probe(tiny_data, tmp_path / "whole", steps=4)
+    _probe(tiny_data, tmp_path / "split", steps=2)
+    resumed = _probe(tiny_data, tmp_path / "split", steps=4)
+    assert resumed == whole
+    for name in ("trainable.safetensors", "ema.safetensors"):
+        a, b = load_file(tmp_path / "whole" / "state" / name), load_file(tmp_path / "split" / "state" / name)
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    a, b = load_file(tmp_path / "whole" / "vividpose.safetensors"), load_file(tmp_path / "split" / "vividpose.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_refuses_another_run(tiny_data, tmp_path):
+    data, ae = tiny_data
+    settings = TrainSettings(output_dir=str(tmp_path), steps=1, batch_size=1, save_every=1000)
+    train(tiny_task(data, ae), settings, progress=False)
+    from marionette.models.errors import MarionetteError
+    with pytest.raises(MarionetteError, match="another run"):
+        train(tiny_task(data, ae), TrainSettings(output_dir=str(tmp_path), steps=2, batch_size=2), progress=False)
+
+
+def test_ctrl_c_saves_the_last_step_and_the_same_command_resumes(tiny_data, tmp_path):
+    data, ae = tiny_data
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "models.training", "autoencoder", "--data", data, "--output-dir", str(out),
+               "--steps", "400", "--batch-size", "1", "--frames", "2", "--validate-every", "0", "--no-progress"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = out / "log.csv"
+    deadline = time.time() + 300
+    while (not log.exists() or len(log.read_text().splitlines()) < 4) and time.time() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err[-2000:]
+    assert "interrupted" in err
+    import json
+    saved = json.loads((out / "state" / "state.json").read_text())["step"]
+    assert saved >= 3 and saved == len(_losses(out))
+    shutil.copy(log, tmp_path / "before.csv")
+    command[command.index("400")] = str(saved + 2)
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"resumed at step {saved}" in done.stdout + done.stderr
+    assert len(_losses(out)) == saved + 2
+    vae = load_autoencoder(str(out / "autoencoder.safetensors"))
+    assert vae.config.scaling_factor > 0
+
+
+# ----------------------------------------------------------------------------------------- learning
+def test_a_few_steps_lower_the_loss_on_fixed_noise(tiny_data, tmp_path):
+    from accelerate.utils import set_seed
+    data, ae = tiny_data
+    task = tiny_task(data, ae, drop=0.0)
+    settings = TrainSettings(output_dir=str(tmp_path), steps=30, batch_size=2, learning_rate=2e-3, ema_decay=0.0,
+                             save_every=1000, seed=5)
+    set_seed(settings.seed)
+    before = task.build()
+    dataset = task.dataset()
+    from marionette.models.training.engine import collate
+    batch = collate([dataset[i] for i in range(len(dataset))])
+    keys = list(range(100, 100 + len(dataset)))
+
+    def fixed_loss(module):
+        with torch.no_grad(), module.model.reference_attention(None):
+            return float(task.loss(module, batch, keys, False).mean())
+
+    initial = fixed_loss(before)
+    trained = train(task, settings, progress=False)["module"]
+    assert fixed_loss(trained) < 0.8 * initial, (initial, fixed_loss(trained))
