@@ -3,7 +3,10 @@
     python -m models.training prepare     --videos DIR --cache DATA            # once: pose, body, renders
     python -m models.training autoencoder --data DATA --output-dir runs/ae     # only without SVD's VAE
     python -m models.training vividpose   --data DATA --autoencoder runs/ae/autoencoder.safetensors \\
-                                          --output-dir runs/vividpose
+                                          --output-dir runs/vividpose                # the small model
+    python -m models.training vividpose   --data DATA --svd stable-video-diffusion-img2vid-xt \\
+                                          --sd21 v2-1_512-ema-pruned.safetensors --output-dir runs/vp_full
+                                          # full size: the paper's init from SVD-xt and SD2.1 (GPUs)
 Several processes / GPUs / machines: the same command under `accelerate launch [--num_processes N ...] -m
 models.training ...` or `torchrun --nproc_per_node N -m models.training ...`. Rerunning a command with the
 same --output-dir resumes it; Ctrl-C saves and exits.
@@ -55,7 +58,13 @@ def _parser() -> argparse.ArgumentParser:
 
     vp = commands.add_parser("vividpose", help="train VividPose")
     vp.add_argument("--data", required=True)
-    vp.add_argument("--autoencoder", required=True, help="autoencoder.safetensors of an `autoencoder` run")
+    size = vp.add_mutually_exclusive_group(required=True)
+    size.add_argument("--autoencoder", help="small model: autoencoder.safetensors of an `autoencoder` run")
+    size.add_argument("--svd", help="full size: the stable-video-diffusion-img2vid-xt diffusers folder (UNet init, "
+                                    "frozen VAE and CLIP image encoder)")
+    vp.add_argument("--sd21", default="", help="full size: Stable Diffusion 2.1's UNet (diffusers "
+                                               "unet/diffusion_pytorch_model.safetensors or the single file) to "
+                                               "initialise the ReferenceNet; without it the ReferenceNet is random")
     vp.add_argument("--frames", type=int, default=8)
     vp.add_argument("--drop-probability", type=float, default=0.1)
     vp.add_argument("--identity", action=argparse.BooleanOptionalAction, default=False)
@@ -93,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
             from .vividpose_task import VividPoseTask, VividPoseTaskConfig, check_data
             check_data(args.data)
             task = VividPoseTask(VividPoseTaskConfig(
-                data=args.data, autoencoder=args.autoencoder, frames=args.frames,
+                data=args.data, autoencoder=args.autoencoder or "", svd=args.svd or "", sd21=args.sd21,
+                frames=args.frames,
                 drop_probability=args.drop_probability, identity=args.identity,
                 validation_clip=args.validation_clip))
         result = train(task, settings, command, progress=args.progress)

@@ -10,12 +10,17 @@ context, no reference features, no pose), so classifier-free guidance has a trai
 Trainable (the paper): the UNet, ReferenceNet, pose controller and identity controller; the VAE and,
 when it comes from SVD, the CLIP encoder are frozen. A small model trained without CLIP trains its own
 small image encoder alongside (`train_image_encoder`); the choice is recorded in the checkpoint.
+
+Two sizes: the small model (`autoencoder`: this trainer's own VAE; the export bundles VAE and image
+encoder) and the full-size one (`svd`: the paper's init from the user's SVD-xt folder and, with `sd21`,
+Stable Diffusion 2.1's UNet, `training.initialise`; the export bundles nothing and runs with that SVD
+folder).
 """
 from __future__ import annotations
 
 import copy
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
@@ -49,20 +54,52 @@ SMALL_IMAGE_ENCODER = dict(hidden_size=64, intermediate_size=128, num_hidden_lay
                            image_size=64, patch_size=16)
 
 
+SMALL_POSE, FULL_POSE = ((16, 32, 64, 128), 4), ((16, 32, 96, 256), 8)  # (channels, heads)
+SD21_LATENT_SCALE = 0.18215  # what SD2.1 (the full-size ReferenceNet's init) was trained on
+FULL_SIZE_ONLY = ("svd", "sd21")  # left out of the saved config when empty: small runs resume as before
+
+
 @dataclass
 class VividPoseTaskConfig:
+    """One VividPose training. Exactly one of `autoencoder` (small model) and `svd` (full size). Left at
+    None, `train_image_encoder`, `unet`, `pose_channels` and `pose_heads` take the size's defaults; with
+    `svd` the UNet is SVD-xt's (unet/config.json of the folder) and the CLIP encoder frozen."""
     data: str                                  # a prepared dataset folder (training.dataset)
-    autoencoder: str                           # the VAE: an autoencoder export of this trainer
+    autoencoder: str = ""                      # the VAE: an autoencoder export of this trainer
     frames: int = 8
     drop_probability: float = 0.1
     noise_aug_strength: float = DEFAULT_NOISE_AUG
     identity: bool = False                     # needs face embeddings in the dataset (ArcFace, antelopev2)
     render_type: str = "dense"
-    train_image_encoder: bool = True
-    unet: dict = field(default_factory=small_unet_config)
-    pose_channels: tuple = (16, 32, 64, 128)
-    pose_heads: int = 4
+    train_image_encoder: bool | None = None
+    unet: dict | None = None
+    pose_channels: tuple | None = None
+    pose_heads: int | None = None
     validation_clip: str = ""                  # a clip of the dataset (default: the first held-out one)
+    svd: str = ""                              # full size: the stable-video-diffusion-img2vid-xt folder
+    sd21: str = ""                             # full size: SD2.1's UNet file for the ReferenceNet's init
+
+    def __post_init__(self):
+        if bool(self.autoencoder) == bool(self.svd):
+            raise MarionetteError("VividPose training needs exactly one of an autoencoder (small model) and an "
+                                  "SVD-xt folder (full size).",
+                                  "Pass --autoencoder runs/ae/autoencoder.safetensors, or --svd "
+                                  "stable-video-diffusion-img2vid-xt [--sd21 FILE].")
+        if self.sd21 and not self.svd:
+            raise MarionetteError("--sd21 initialises the full-size ReferenceNet; the small model has none of "
+                                  "SD2.1's size.", "Pass --svd FOLDER with it, or leave --sd21 out.")
+        if self.svd:
+            if self.train_image_encoder:
+                raise MarionetteError("SVD's CLIP image encoder stays frozen in full-size training.",
+                                      "Leave train_image_encoder unset (or False) with svd.")
+            if self.unet:
+                raise MarionetteError("Full-size training takes the UNet config from the SVD-xt folder.",
+                                      "Leave unet unset with svd.")
+        channels, heads = FULL_POSE if self.svd else SMALL_POSE
+        self.train_image_encoder = (not self.svd) if self.train_image_encoder is None else self.train_image_encoder
+        self.unet = ({} if self.svd else small_unet_config()) if self.unet is None else self.unet
+        self.pose_channels = tuple(channels if self.pose_channels is None else self.pose_channels)
+        self.pose_heads = heads if self.pose_heads is None else self.pose_heads
 
 
 class VividPoseTrainer(nn.Module):
@@ -132,23 +169,39 @@ class VividPoseTask:
         self._vae, self._dataset = None, None
 
     def config(self) -> dict:
-        return asdict(self.c)
+        values = asdict(self.c)
+        return {k: v for k, v in values.items() if v or k not in FULL_SIZE_ONLY + ("autoencoder",)}
 
-    def vividpose_config(self, scaling: float) -> VividPoseConfig:
+    def vividpose_config(self, scaling: float, svd_unet: dict | None = None, clip_mean=CLIP_MEAN,
+                         clip_std=CLIP_STD) -> VividPoseConfig:
+        """The architecture trained: the small UNet with this trainer's autoencoder (latent scale
+        `scaling`), or, full size, `svd_unet` (the SVD folder's unet/config.json) with SD2.1's scale."""
         c = self.c
-        unet = copy.deepcopy(c.unet)
+        unet = copy.deepcopy(svd_unet if c.svd else c.unet)
         unet["num_frames"] = c.frames
         extras = {"vae": "autoencoder trained by Marionette's trainer (bundled)",
                   "image_encoder": ("small CLIP ViT trained with the model (bundled)" if c.train_image_encoder
                                     else "small CLIP ViT, random and frozen (bundled)"),
                   "identity": "on (ArcFace antelopev2)" if c.identity else "off: trained without ArcFace",
-                  "clip_mean": list(CLIP_MEAN), "clip_std": list(CLIP_STD), "frames": c.frames,
+                  "clip_mean": list(clip_mean), "clip_std": list(clip_std), "frames": c.frames,
                   "fps": FPS, "motion_bucket_id": MOTION_BUCKET, "noise_aug_strength": c.noise_aug_strength}
+        if c.svd:
+            scaling = SD21_LATENT_SCALE
+            extras.update(vae="SVD-xt (frozen)", image_encoder="SVD-xt CLIP ViT-H (frozen)",
+                          unet_init="SVD-xt (stable-video-diffusion-img2vid-xt)",
+                          reference_net_init=(f"SD2.1 ({os.path.basename(c.sd21)})" if c.sd21 else "random"))
         return VividPoseConfig(unet=unet, identity=c.identity, render_type=c.render_type,
                                pose_channels=c.pose_channels, pose_heads=c.pose_heads,
                                reference_latent_scale=scaling, extras=extras)
 
     def build(self) -> VividPoseTrainer:
+        if self.c.svd:
+            from .initialise import initialise_full_size, load_svd_parts
+            base = load_svd_parts(self.c.svd)
+            config = self.vividpose_config(base.vae_scaling_factor, base.unet_config, base.clip_mean, base.clip_std)
+            model = initialise_full_size(VividPose(config), base, self.c.sd21)
+            self._vae = base.vae
+            return VividPoseTrainer(model, base.vae, base.image_encoder, self.c)
         from .autoencoder import load_autoencoder
         vae = self._vae = load_autoencoder(self.c.autoencoder)
         config = self.vividpose_config(float(vae.config.scaling_factor))
@@ -195,7 +248,10 @@ class VividPoseTask:
         plain.model.reference_net.enable_gradient_checkpointing()
 
     def export(self, plain: VividPoseTrainer, path: str, metadata: dict[str, str]) -> None:
-        save_vividpose(plain.model, path, metadata, companions={"vae": plain.vae, "image_encoder": plain.image_encoder})
+        """Small: VividPose with its VAE and image encoder bundled. Full size: VividPose alone (it runs with
+        the user's SVD folder, `pipelines.vividpose.load_vividpose_animation(path, svd_folder)`)."""
+        companions = None if self.c.svd else {"vae": plain.vae, "image_encoder": plain.image_encoder}
+        save_vividpose(plain.model, path, metadata, companions=companions)
 
     def validate(self, plain: VividPoseTrainer, folder: str, step: int) -> None:
         from .validation import validation_video
