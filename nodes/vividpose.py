@@ -24,6 +24,7 @@ from .socket_types import SVD_ANIMATION_MODEL
 from .tiny_models import tiny_choices
 
 TINY_CHOICE = "tiny random VividPose (no download, testing only)"
+SMALL_CHOICE = "vividpose-small-96x128 (bundled)"
 OFFICIAL_CHECKPOINT = "vividpose.safetensors"
 OFFICIAL_SVD = "stable-video-diffusion-img2vid-xt"
 GUIDANCE_KEY = "marionette_vividpose_guidance"  # model_options entry of a VividPose model clone
@@ -85,6 +86,21 @@ def _face_embedding(reference: torch.Tensor, on_missing: str) -> tuple[torch.Ten
     return torch.from_numpy(np.asarray(embedding, np.float32)), {"face": True, "box": [float(v) for v in box]}
 
 
+def _small_choices() -> list[str]:
+    from ..models.vividpose.small import small_checkpoint
+    return [SMALL_CHOICE] if small_checkpoint() is not None else []
+
+
+def _small_path() -> str:
+    from ..models.vividpose.small import small_checkpoint
+    path = small_checkpoint()
+    if path is None:
+        raise MarionetteError("The bundled small VividPose (models/vividpose/weights/vividpose_small_96x128."
+                              "safetensors) is missing from this install.",
+                              "Reinstall the pack, or train one: python -m models.training vividpose (see README).")
+    return str(path)
+
+
 def _vividpose_net(model):
     net = getattr(model, "model", None)
     if getattr(net, "animation", None) != "vividpose":
@@ -98,6 +114,9 @@ def _describe(net) -> dict:
             "pose_injection": config.pose_injection, "render_type": config.render_type}
     if not config.identity:
         info["note"] = "trained without the identity controller (no ArcFace): the face comes from the reference only"
+    for key in ("vae", "image_encoder", "train_size", "frames"):
+        if key in config.extras:
+            info[key] = config.extras[key]
     if net.tiny:
         info["warning"] = TINY_WARNING
     return info
@@ -105,8 +124,9 @@ def _describe(net) -> dict:
 
 class VividPoseLoader:
     DESCRIPTION = ("Loads a VividPose checkpoint (.safetensors with its architecture in the metadata) from "
-                   "models/animation, with SVD-xt's VAE and CLIP image encoder. Connect it to VividPose "
-                   "Guidance, then SVD Animate Sampler.")
+                   "models/animation, with SVD-xt's VAE and CLIP image encoder, or with the ones the file bundles "
+                   "(the pack's small model, trained on synthetic people at 96x128, bundles its own). Connect it "
+                   "to VividPose Guidance, then SVD Animate Sampler.")
     CATEGORY = "Marionette/Animation"
     FUNCTION = "load"
     RETURN_TYPES = (SVD_ANIMATION_MODEL,)
@@ -115,11 +135,13 @@ class VividPoseLoader:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "checkpoint": (tiny_choices(TINY_CHOICE) + model_choices("animation", (OFFICIAL_CHECKPOINT,)), {
-                "tooltip": "A VividPose .safetensors in models/animation (made by the VividPose trainer)."}),
+            "checkpoint": (tiny_choices(TINY_CHOICE) + _small_choices()
+                           + model_choices("animation", (OFFICIAL_CHECKPOINT,)), {
+                "tooltip": "A VividPose .safetensors in models/animation (made by the VividPose trainer), or the "
+                           "bundled small model (96x128, synthetic people, no identity controller)."}),
             "svd_folder": ([OFFICIAL_SVD] + [f for f in diffusers_folders() if f != OFFICIAL_SVD], {
                 "tooltip": "The SVD-xt diffusers folder in models/diffusers (its VAE and CLIP image encoder). "
-                           "Not used by the tiny model."}),
+                           "Not used by checkpoints that bundle their own (the small model) or the tiny one."}),
             "dtype": (DTYPE_CHOICES, {"default": "auto", "tooltip": "auto: ComfyUI's choice (fp32 on CPU)."}),
         }}
 
@@ -127,6 +149,8 @@ class VividPoseLoader:
     def IS_CHANGED(cls, checkpoint=None, svd_folder=None, **kwargs):
         if not checkpoint or checkpoint == TINY_CHOICE:
             return ""
+        if checkpoint == SMALL_CHOICE:
+            return files_key(_small_path())
         folders = [os.path.join(root, svd_folder or "") for root in folder_paths.get_folder_paths("diffusers")]
         return files_key(folder_paths.get_full_path("animation", checkpoint), *folders)
 
@@ -137,8 +161,10 @@ class VividPoseLoader:
             net = tiny_vividpose_animation(dtype=torch_dtype)
         else:
             from ..models.pipelines.vividpose import load_vividpose_animation
-            path = require_model("animation", checkpoint, WHERE)
-            net = load_vividpose_animation(path, _svd_path(svd_folder), torch_dtype)
+            from ..models.vividpose.checkpoint import companion_specs
+            path = _small_path() if checkpoint == SMALL_CHOICE else require_model("animation", checkpoint, WHERE)
+            svd = None if set(companion_specs(path)) == {"vae", "image_encoder"} else _svd_path(svd_folder)
+            net = load_vividpose_animation(path, svd, torch_dtype)
         return {"ui": {"marionette_vividpose": [_describe(net)]}, "result": (managed(net),)}
 
 

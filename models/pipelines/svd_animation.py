@@ -72,16 +72,17 @@ class AnimationResult:
     face_losses: list[list[float]] = field(default_factory=list)  # per refined step, per Adam iteration
 
 
-def check_sizes(reference: torch.Tensor, poses: torch.Tensor) -> tuple[int, int]:
-    """(H, W) of a one-frame reference and same-sized pose frames, both sides multiples of 64."""
+def check_sizes(reference: torch.Tensor, poses: torch.Tensor, multiple: int = SIZE_MULTIPLE) -> tuple[int, int]:
+    """(H, W) of a one-frame reference and same-sized pose frames, both sides multiples of `multiple` (64
+    for SVD-xt: the VAE's 8x times the UNet's three 2x downsamplings)."""
     if reference.ndim != 4 or reference.shape[0] != 1:
         frames = reference.shape[0] if reference.ndim == 4 else "?"
         raise MarionetteError(f"The reference image must be one frame; got {frames}.",
                               "Pick one frame with ImageFromBatch (or connect LoadReference).")
     height, width = int(reference.shape[1]), int(reference.shape[2])
-    if height % SIZE_MULTIPLE or width % SIZE_MULTIPLE:
+    if height % multiple or width % multiple:
         raise MarionetteError(f"The reference is {width}x{height}; the video size must be a multiple of "
-                              f"{SIZE_MULTIPLE} on both sides.",
+                              f"{multiple} on both sides.",
                               "Resize it with LoadReference or ImageScale (e.g. 576x1024 or 512x768).")
     if poses.ndim != 4 or poses.shape[0] < 1:
         raise MarionetteError(f"pose_images must be an IMAGE batch of frames; got shape {tuple(poses.shape)}.",

@@ -67,6 +67,12 @@ class _Denoiser:
                               pose_features=pose_features, return_dict=return_dict)
 
 
+def size_multiple(net: VividPoseAnimation) -> int:
+    """What both sides of the video must be a multiple of: the VAE's downsampling times the UNet's."""
+    vae = 2 ** (len(net.vae.config.block_out_channels) - 1)
+    return vae * 2 ** (len(net.model.config.unet["block_out_channels"]) - 1)
+
+
 def _face_tokens(model: VividPose, face_embedding, clip: torch.Tensor) -> torch.Tensor | None:
     if face_embedding is None:
         return None
@@ -102,8 +108,9 @@ def animate_vividpose(net: VividPoseAnimation, reference: torch.Tensor, skeleton
     check = check or (lambda: None)
     if settings.drop_first_frame:
         raise MarionetteError("VividPose has no anchor frame to drop.", "Use drop_first_frame=False.")
-    check_sizes(reference, skeleton_images)
-    check_sizes(reference, render_images)
+    multiple = size_multiple(net)
+    check_sizes(reference, skeleton_images, multiple)
+    check_sizes(reference, render_images, multiple)
     if render_images.shape[0] != skeleton_images.shape[0]:
         raise MarionetteError(f"{render_images.shape[0]} render frames for {skeleton_images.shape[0]} skeleton frames.",
                               "Render both from the same body sequence (RenderGuidance gives both).")

@@ -7,6 +7,7 @@
     python -m models.training vividpose   --data DATA --svd stable-video-diffusion-img2vid-xt \\
                                           --sd21 v2-1_512-ema-pruned.safetensors --output-dir runs/vp_full
                                           # full size: the paper's init from SVD-xt and SD2.1 (GPUs)
+    python -m models.training evaluate    --model runs/vividpose/vividpose.safetensors --data DATA
 Several processes / GPUs / machines: the same command under `accelerate launch [--num_processes N ...] -m
 models.training ...` or `torchrun --nproc_per_node N -m models.training ...`. Rerunning a command with the
 same --output-dir resumes it; Ctrl-C saves and exits.
@@ -71,6 +72,14 @@ def _parser() -> argparse.ArgumentParser:
     vp.add_argument("--validation-clip", default="")
     _run_arguments(vp, {"steps": 4000, "batch_size": 2, "learning_rate": 3e-4, "ema_decay": 0.999,
                         "warmup_steps": 100, "save_every": 250, "validate_every": 500})
+    ev = commands.add_parser("evaluate", help="self-reconstruction metrics of a VividPose checkpoint vs baselines")
+    ev.add_argument("--model", required=True, help="a VividPose .safetensors that bundles its VAE and encoder")
+    ev.add_argument("--data", required=True)
+    ev.add_argument("--split", default="heldout")
+    ev.add_argument("--frames", type=int, default=16)
+    ev.add_argument("--steps", type=int, default=25)
+    ev.add_argument("--cfg", type=float, default=3.0)
+    ev.add_argument("--out", default=None, help="folder for metrics.json / metrics.md and strips")
     return parser
 
 
@@ -93,6 +102,12 @@ def main(argv: list[str] | None = None) -> int:
                                     body_model=args.body_model, render_type=args.render_type,
                                     face_embedder=_face_embedder(args.face_root))
             print(f"{len(index['clips'])} clips ready, {len(index['skipped'])} skipped (listed in index.json).")
+            return 0
+        if args.command == "evaluate":
+            from .evaluate import evaluate_checkpoint, table
+            summary = evaluate_checkpoint(args.model, args.data, args.split, args.frames, args.steps, args.cfg,
+                                          out=args.out)
+            print(table(summary))
             return 0
         settings = settings_from_args(args, args.output_dir)
         if args.command == "autoencoder":

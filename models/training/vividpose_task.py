@@ -147,6 +147,12 @@ class VividPoseTrainer(nn.Module):
         return edm_loss(v, noisy, x0, sigma)
 
 
+def _train_size(data: str) -> str:
+    from .dataset import read_index
+    width, height = read_index(data)["settings"]["size"]
+    return f"{width}x{height}"
+
+
 def _signed(images: torch.Tensor) -> torch.Tensor:
     """uint8 [N, H, W, 3] -> float [N, 3, H, W] in [-1, 1]."""
     return images.permute(0, 3, 1, 2).float() / 127.5 - 1.0
@@ -183,7 +189,8 @@ class VividPoseTask:
                   "image_encoder": ("small CLIP ViT trained with the model (bundled)" if c.train_image_encoder
                                     else "small CLIP ViT, random and frozen (bundled)"),
                   "identity": "on (ArcFace antelopev2)" if c.identity else "off: trained without ArcFace",
-                  "clip_mean": list(clip_mean), "clip_std": list(clip_std), "frames": c.frames,
+                  "train_size": _train_size(c.data), "clip_mean": list(clip_mean), "clip_std": list(clip_std),
+                  "frames": c.frames,
                   "fps": FPS, "motion_bucket_id": MOTION_BUCKET, "noise_aug_strength": c.noise_aug_strength}
         if c.svd:
             scaling = SD21_LATENT_SCALE

@@ -105,6 +105,13 @@ function statusText(message) {
     return `${r.width}×${r.height}, person ${(100 * r.person_area).toFixed(0)}% of the frame, ` +
       (r.face ? "face found" : "no face found") + (r.note ? `\n${r.note}` : "");
   }
+  if (message.marionette_vividpose) {
+    const v = message.marionette_vividpose[0];
+    return `VividPose, τ1 ${v.render_type} render, pose added ${v.pose_injection === "latent" ? "to the noisy latent" :
+      "after conv_in"}` + (v.train_size ? `, trained at ${v.train_size}` : "") +
+      (v.note ? `\n${v.note}` : "") + (v.warning ? `\n${v.warning}` : "");
+  }
+  if (message.text) return message.text.join("\n");  // Video Metrics' table
   return null;
 }
 
