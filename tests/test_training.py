@@ -190,3 +190,20 @@ def test_a_few_steps_lower_the_loss_on_fixed_noise(tiny_data, tmp_path):
     initial = fixed_loss(before)
     trained = train(task, settings, progress=False)["module"]
     assert fixed_loss(trained) < 0.8 * initial, (initial, fixed_loss(trained))
+
+
+# ---------------------------------------------------------------------------------------- evaluation
+def test_evaluate_compares_the_model_with_copying_the_reference_and_the_untrained_model(tiny_data, tmp_path):
+    from marionette.models.training.evaluate import METHODS, evaluate_checkpoint, table
+    data, ae = tiny_data
+    export = train(tiny_task(data, ae), TrainSettings(output_dir=str(tmp_path / "run"), steps=1, batch_size=1),
+                   progress=False)["export"]
+    summary = evaluate_checkpoint(export, data, split="heldout", frames=5, steps=2, out=str(tmp_path / "eval"),
+                                  progress=lambda *a: None)
+    assert summary["clips"] == ["heldout_000"]
+    for method in METHODS:
+        assert set(summary[method]) == {"whole", "inside", "outside"}  # the dataset has person masks
+    copy = summary["copy reference"]["whole"]
+    assert copy["psnr"] > summary["untrained"]["whole"]["psnr"]  # the untrained model makes noise
+    assert (tmp_path / "eval" / "metrics.json").exists() and (tmp_path / "eval" / "heldout_000.png").exists()
+    assert "| copy reference | inside |" in table(summary)
