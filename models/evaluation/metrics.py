@@ -193,8 +193,8 @@ def _ticks(low: float, high: float, count: int = 5) -> list[float]:
     return [low + (high - low) * i / (count - 1) for i in range(count)]
 
 
-def _panel(draw, box, xs, series, label, digits, font):
-    """One line chart in `box` (left, top, right, bottom): `series` is [(region name, values)]."""
+def line_panel(draw, box, xs, series, label, digits, font, colours=PLOT_COLOURS, dots: bool = True):
+    """One line chart in `box` (left, top, right, bottom): `series` is [(name in `colours`, values)]."""
     left, top, right, bottom = box
     values = np.concatenate([v for _, v in series])
     values = values[np.isfinite(values)]
@@ -222,9 +222,9 @@ def _panel(draw, box, xs, series, label, digits, font):
     for name, ys in series:
         points = [to_pixel(x, y) for x, y in zip(xs, ys) if np.isfinite(y)]
         if len(points) > 1:
-            draw.line(points, fill=PLOT_COLOURS[name], width=2)
-        for px, py in points:
-            draw.ellipse([px - 2, py - 2, px + 2, py + 2], fill=PLOT_COLOURS[name])
+            draw.line(points, fill=colours[name], width=2)
+        for px, py in points if dots else ():
+            draw.ellipse([px - 2, py - 2, px + 2, py + 2], fill=colours[name])
 
 
 def plot_metrics(result: MetricsResult, width: int = 640, height: int = 360) -> np.ndarray:
@@ -242,8 +242,8 @@ def plot_metrics(result: MetricsResult, width: int = 640, height: int = 360) -> 
     panel_height = (legend_top - 34 - 3 * 22) // 2
     top_box = (left, 22, right, 22 + panel_height)
     bottom_box = (left, top_box[3] + 40, right, top_box[3] + 40 + panel_height)
-    _panel(draw, top_box, xs, [(n, r.psnr) for n, r in regions], "PSNR (dB) per frame", 1, font)
-    _panel(draw, bottom_box, xs, [(n, r.ssim) for n, r in regions], "SSIM per frame", 3, font)
+    line_panel(draw, top_box, xs, [(n, r.psnr) for n, r in regions], "PSNR (dB) per frame", 1, font)
+    line_panel(draw, bottom_box, xs, [(n, r.ssim) for n, r in regions], "SSIM per frame", 3, font)
     draw.text((right - draw.textlength("frame (x axis)", font=font), legend_top), "frame (x axis)",
               fill=(0, 0, 0), font=font)
     x = left

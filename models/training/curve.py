@@ -1,0 +1,35 @@
+"""The training curve of a run's log.csv as a picture: the loss averaged over windows of steps."""
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+
+from ..evaluation.metrics import line_panel
+
+COLOURS = {"loss": (31, 119, 180)}
+
+
+def read_log(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, losses) of a trainer log.csv."""
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    return np.array([int(r["step"]) for r in rows]), np.array([float(r["loss"]) for r in rows])
+
+
+def averaged(steps: np.ndarray, losses: np.ndarray, points: int = 100) -> tuple[list[int], np.ndarray]:
+    """The loss averaged over `points` equal windows of steps (EDM losses are noisy step to step)."""
+    windows = np.array_split(np.arange(len(steps)), min(points, len(steps)))
+    return [int(steps[w[-1]]) for w in windows], np.array([losses[w].mean() for w in windows])
+
+
+def plot_curve(log_path: str, out_path: str, title: str = "training loss", width: int = 640, height: int = 300) -> None:
+    from PIL import Image, ImageDraw, ImageFont
+    steps, losses = read_log(log_path)
+    xs, ys = averaged(steps, losses)
+    image = Image.new("RGB", (width, height), (255, 255, 255))
+    draw, font = ImageDraw.Draw(image), ImageFont.load_default()
+    line_panel(draw, (56, 22, width - 12, height - 24), xs, [("loss", ys)],
+               f"{title}, mean of {max(1, len(steps) // len(xs))} steps; x: step", 3, font,
+               COLOURS, dots=False)
+    image.save(out_path)
