@@ -84,7 +84,9 @@ class AutoencoderTask:
         plain.vae.enable_gradient_checkpointing()
 
     @torch.no_grad()
-    def export(self, plain: AutoencoderTrainer, path: str, metadata: dict[str, str]) -> None:
+    def export(self, plain: AutoencoderTrainer, path: str, metadata: dict[str, str],
+               dtype: torch.dtype = torch.float32) -> None:
+        """The VAE in float32 whatever `dtype` (it is the next run's frozen input, not a deliverable)."""
         vae = plain.vae
         data = self.dataset()
         count = min(len(data), SCALE_SAMPLES)

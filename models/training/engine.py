@@ -31,6 +31,7 @@ from .ema import EMA
 
 STATE = "state"  # folder of the resumable state inside the output folder
 PRECISIONS = ("no", "bf16", "fp16")
+EXPORT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 @dataclass
@@ -53,6 +54,7 @@ class TrainSettings:
     validate_every: int = 0           # 0: no validation videos
     log_every: int = 10
     num_workers: int = 0
+    export_dtype: str = "fp32"        # fp32 / fp16 / bf16: the exported model file's floating-point type
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "grad_accum", "save_every", "log_every"):
@@ -62,6 +64,9 @@ class TrainSettings:
         if self.mixed_precision not in PRECISIONS:
             raise MarionetteError(f"Unknown mixed precision '{self.mixed_precision}'.",
                                   f"Use one of: {', '.join(PRECISIONS)}.")
+        if self.export_dtype not in EXPORT_DTYPES:
+            raise MarionetteError(f"Unknown export dtype '{self.export_dtype}'.",
+                                  f"Use one of: {', '.join(EXPORT_DTYPES)}.")
         if not 0.0 <= self.ema_decay < 1.0:
             raise MarionetteError(f"ema_decay {self.ema_decay} is outside [0, 1).", "Use e.g. 0.999, or 0 for none.")
 
@@ -86,7 +91,7 @@ class Task(Protocol):
     def loss(self, module: nn.Module, batch: dict, keys: list[int], drop: bool) -> torch.Tensor: ...
     def scope(self, module: nn.Module): ...
     def enable_gradient_checkpointing(self, module: nn.Module) -> None: ...
-    def export(self, module: nn.Module, path: str, metadata: dict[str, str]) -> None: ...
+    def export(self, module: nn.Module, path: str, metadata: dict[str, str], dtype: torch.dtype) -> None: ...
     def validate(self, module: nn.Module, folder: str, step: int) -> None: ...
 
 
@@ -316,7 +321,8 @@ def train(task: Task, settings: TrainSettings, command: str = "", progress: bool
     if accelerator.is_main_process:
         with (ema.applied(_trainable(plain)) if ema is not None else contextlib.nullcontext()):
             task.export(plain, export, {"training_command": command, "training_steps": str(step),
-                                        "training_samples_per_step": str(total)})
+                                        "training_samples_per_step": str(total)},
+                        EXPORT_DTYPES[settings.export_dtype])
     accelerator.wait_for_everyone()
     return {"step": step, "losses": losses, "export": export, "module": plain}
 

@@ -148,7 +148,10 @@ class VividPoseTrainer(nn.Module):
 
 
 def _train_size(data: str) -> str:
+    """'WxH' of a prepared dataset ('' where `data` is not one yet)."""
     from .dataset import read_index
+    if not os.path.isfile(os.path.join(data, "index.json")):
+        return ""
     width, height = read_index(data)["settings"]["size"]
     return f"{width}x{height}"
 
@@ -254,11 +257,12 @@ class VividPoseTask:
         plain.model.unet.enable_gradient_checkpointing()
         plain.model.reference_net.enable_gradient_checkpointing()
 
-    def export(self, plain: VividPoseTrainer, path: str, metadata: dict[str, str]) -> None:
+    def export(self, plain: VividPoseTrainer, path: str, metadata: dict[str, str],
+               dtype: torch.dtype = torch.float32) -> None:
         """Small: VividPose with its VAE and image encoder bundled. Full size: VividPose alone (it runs with
         the user's SVD folder, `pipelines.vividpose.load_vividpose_animation(path, svd_folder)`)."""
         companions = None if self.c.svd else {"vae": plain.vae, "image_encoder": plain.image_encoder}
-        save_vividpose(plain.model, path, metadata, companions=companions)
+        save_vividpose(plain.model, path, metadata, companions=companions, dtype=dtype)
 
     def validate(self, plain: VividPoseTrainer, folder: str, step: int) -> None:
         from .validation import validation_video
