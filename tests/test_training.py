@@ -207,3 +207,22 @@ def test_evaluate_compares_the_model_with_copying_the_reference_and_the_untraine
     assert copy["psnr"] > summary["untrained"]["whole"]["psnr"]  # the untrained model makes noise
     assert (tmp_path / "eval" / "metrics.json").exists() and (tmp_path / "eval" / "heldout_000.png").exists()
     assert "| copy reference | inside |" in table(summary)
+
+
+def test_a_background_run_whose_shell_ignores_sigint_still_saves_on_kill_int(tiny_data, tmp_path):
+    """Shells start background jobs with SIGINT ignored; `kill -INT` must still save and stop the run."""
+    data, _ = tiny_data
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "models.training", "autoencoder", "--data", data, "--output-dir", str(out),
+               "--steps", "400", "--batch-size", "1", "--frames", "2", "--validate-every", "0", "--no-progress"]
+    process = subprocess.Popen(command, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    log = out / "log.csv"
+    deadline = time.time() + 300
+    while (not log.exists() or len(log.read_text().splitlines()) < 3) and time.time() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err[-2000:]
+    assert (out / "state" / "state.json").exists()

@@ -198,15 +198,17 @@ def load_state(folder: str, module: nn.Module, ema: EMA | None, optimizer, scale
 # -------------------------------------------------------------------------------------------- loop
 @contextlib.contextmanager
 def _interrupts_as_keyboard_interrupt():
-    """SIGTERM (a scheduler stopping the job) handled like Ctrl-C: save, then exit."""
+    """Ctrl-C, `kill -INT` (also for a job started in the background, where shells ignore SIGINT) and
+    SIGTERM (a scheduler stopping the job) all save the last step and exit."""
     def handler(signum, frame):
         raise KeyboardInterrupt
-    previous = signal.signal(signal.SIGTERM, handler) if hasattr(signal, "SIGTERM") else None
+    wanted = [s for s in ("SIGINT", "SIGTERM") if hasattr(signal, s)]
+    previous = {name: signal.signal(getattr(signal, name), handler) for name in wanted}
     try:
         yield
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for name, old in previous.items():
+            signal.signal(getattr(signal, name), old)
 
 
 def _learning_rate(settings: TrainSettings, step: int) -> float:
