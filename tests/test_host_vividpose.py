@@ -120,6 +120,24 @@ def test_a_vividpose_checkpoint_loads_with_the_svd_folder(comfy_host, synthetic_
     assert not info["identity"] and info["pose_injection"] == "conv_in" and "without the identity" in info["note"]
 
 
+def test_a_checkpoint_that_bundles_its_vae_and_image_encoder_needs_no_svd_folder(comfy_host, synthetic_media,
+                                                                                  model_dirs):
+    """A file made by the trainer without SVD (as the shipped small model) carries its own VAE and image
+    encoder: the loader takes those (not the SVD folder's) and gives the same video as they do in memory."""
+    from marionette.models.pipelines.vividpose import tiny_vividpose_animation
+    from marionette.models.vividpose.checkpoint import save_vividpose
+    net = tiny_vividpose_animation(0)
+    save_vividpose(net.model, model_dirs["animation"] / "vividpose_bundled.safetensors",
+                   companions={"vae": net.vae, "image_encoder": net.image_encoder})
+    tiny = comfy_host.run(vividpose_prompt(synthetic_media))
+    shutil.rmtree(model_dirs["animation"].parent / "diffusers" / "stable-video-diffusion-img2vid-xt")  # not needed
+    prompt = vividpose_prompt(synthetic_media)
+    prompt["10"]["inputs"]["checkpoint"] = "vividpose_bundled.safetensors"
+    bundled = comfy_host.run(prompt)
+    assert tiny.success and bundled.success, bundled.error
+    assert (bundled.output("11", 1)["samples"] - tiny.output("11", 1)["samples"]).abs().max() < 1e-4
+
+
 def test_other_files_are_refused_by_the_loader(comfy_host, synthetic_media, model_dirs):
     from safetensors.torch import save_file
     save_file({"unet.conv_in.weight": torch.zeros(1)}, str(model_dirs["animation"] / "MimicMotion.safetensors"))

@@ -4,7 +4,6 @@ A tiny prepared dataset (rendered people through our own pose / body / render st
 tiny autoencoder are made once per session; the runs use the tiny VividPose (`training_probe.tiny_task`).
 """
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -141,25 +140,32 @@ def test_resume_refuses_another_run(tiny_data, tmp_path):
         train(tiny_task(data, ae), TrainSettings(output_dir=str(tmp_path), steps=2, batch_size=2), progress=False)
 
 
-def test_ctrl_c_saves_the_last_step_and_the_same_command_resumes(tiny_data, tmp_path):
-    data, ae = tiny_data
-    out = tmp_path / "run"
+def _interrupted_autoencoder_run(data, out, logged: int, ignore_sigint: bool = False):
+    """Starts the autoencoder command, sends SIGINT after `logged` steps; returns (command, env, stderr)."""
     command = [sys.executable, "-m", "models.training", "autoencoder", "--data", data, "--output-dir", str(out),
                "--steps", "400", "--batch-size", "1", "--frames", "2", "--validate-every", "0", "--no-progress"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignore_sigint else None
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=ignore)
     log = out / "log.csv"
     deadline = time.time() + 300
-    while (not log.exists() or len(log.read_text().splitlines()) < 4) and time.time() < deadline:
+    while (not log.exists() or len(log.read_text().splitlines()) <= logged) and time.time() < deadline:
         time.sleep(0.2)
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=120)
     assert process.returncode == 130, err[-2000:]
+    return command, env, err
+
+
+def test_ctrl_c_saves_the_last_step_and_the_same_command_resumes(tiny_data, tmp_path):
+    data, ae = tiny_data
+    out = tmp_path / "run"
+    command, env, err = _interrupted_autoencoder_run(data, out, logged=3)
     assert "interrupted" in err
     import json
     saved = json.loads((out / "state" / "state.json").read_text())["step"]
     assert saved >= 3 and saved == len(_losses(out))
-    shutil.copy(log, tmp_path / "before.csv")
     command[command.index("400")] = str(saved + 2)
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -211,18 +217,5 @@ def test_evaluate_compares_the_model_with_copying_the_reference_and_the_untraine
 
 def test_a_background_run_whose_shell_ignores_sigint_still_saves_on_kill_int(tiny_data, tmp_path):
     """Shells start background jobs with SIGINT ignored; `kill -INT` must still save and stop the run."""
-    data, _ = tiny_data
-    out = tmp_path / "run"
-    command = [sys.executable, "-m", "models.training", "autoencoder", "--data", data, "--output-dir", str(out),
-               "--steps", "400", "--batch-size", "1", "--frames", "2", "--validate-every", "0", "--no-progress"]
-    process = subprocess.Popen(command, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"), stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True,
-                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
-    log = out / "log.csv"
-    deadline = time.time() + 300
-    while (not log.exists() or len(log.read_text().splitlines()) < 3) and time.time() < deadline:
-        time.sleep(0.2)
-    process.send_signal(signal.SIGINT)
-    _, err = process.communicate(timeout=120)
-    assert process.returncode == 130, err[-2000:]
-    assert (out / "state" / "state.json").exists()
+    _interrupted_autoencoder_run(tiny_data[0], tmp_path / "run", logged=2, ignore_sigint=True)
+    assert (tmp_path / "run" / "state" / "state.json").exists()
