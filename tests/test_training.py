@@ -219,3 +219,17 @@ def test_a_background_run_whose_shell_ignores_sigint_still_saves_on_kill_int(tin
     """Shells start background jobs with SIGINT ignored; `kill -INT` must still save and stop the run."""
     _interrupted_autoencoder_run(tiny_data[0], tmp_path / "run", logged=2, ignore_sigint=True)
     assert (tmp_path / "run" / "state" / "state.json").exists()
+
+
+def test_training_curve_picture_averages_the_log(tmp_path):
+    from PIL import Image
+    from marionette.models.training.curve import averaged, plot_curve, read_log
+    log = tmp_path / "log.csv"
+    log.write_text("step,loss,lr,samples_per_s,elapsed_s\n" + "".join(
+        f"{s},{1.0 / s + (0.5 if s % 2 else 0.0)},1e-4,1.0,{s}\n" for s in range(1, 401)))
+    steps, losses = read_log(str(log))
+    xs, ys = averaged(steps, losses, points=100)
+    assert len(xs) == 100 and xs[-1] == 400 and abs(ys[-1] - (0.25 + 1 / 399.5)) < 0.01  # the odd-step spikes averaged
+    plot_curve(str(log), str(tmp_path / "curve.png"))
+    picture = Image.open(tmp_path / "curve.png")
+    assert picture.size == (640, 300) and len(set(picture.getdata())) > 2
