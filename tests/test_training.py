@@ -233,3 +233,29 @@ def test_training_curve_picture_averages_the_log(tmp_path):
     plot_curve(str(log), str(tmp_path / "curve.png"))
     picture = Image.open(tmp_path / "curve.png")
     assert picture.size == (640, 300) and len(set(picture.getdata())) > 2
+
+
+def test_bf16_autocast_and_validation_videos(tiny_data, tmp_path):
+    """bf16 mixed precision runs (CPU autocast here, GPU the same through accelerate) and the validation
+    video (truth | generated, EMA weights) is written every --validate-every steps."""
+    data, ae = tiny_data
+    settings = TrainSettings(output_dir=str(tmp_path), steps=2, batch_size=1, mixed_precision="bf16",
+                             validate_every=2, save_every=1000)
+    result = train(tiny_task(data, ae), settings, progress=False)
+    assert all(torch.isfinite(torch.tensor(result["losses"])))
+    assert (tmp_path / "validation" / "vividpose_000002.mp4").stat().st_size > 0
+    assert (tmp_path / "validation" / "vividpose_000002.png").exists()
+
+
+def test_ema_warms_up_then_follows_the_decay():
+    from marionette.models.training.ema import EMA
+    p = torch.nn.Parameter(torch.zeros(3))
+    ema = EMA({"p": p}, decay=0.9)
+    assert ema.rate(0) == 0.1 and ema.rate(1000) == 0.9
+    with torch.no_grad():
+        p.fill_(1.0)
+    ema.update({"p": p}, step=0)  # rate 0.1: 90 % of the new value
+    assert torch.allclose(ema.shadow["p"], torch.full((3,), 0.9))
+    with ema.applied({"p": p}):
+        assert torch.allclose(p, torch.full((3,), 0.9))
+    assert torch.equal(p, torch.ones(3))
