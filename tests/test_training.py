@@ -259,3 +259,17 @@ def test_ema_warms_up_then_follows_the_decay():
     with ema.applied({"p": p}):
         assert torch.allclose(p, torch.full((3,), 0.9))
     assert torch.equal(p, torch.ones(3))
+
+
+def test_decoder_only_fine_tuning_keeps_the_latent_space(tiny_data, tmp_path):
+    """--decoder-only from --init: the encoder (so every latent a VividPose was trained on) stays
+    bit-identical, the decoder learns."""
+    from marionette.models.training.autoencoder import AutoencoderTask, AutoencoderTaskConfig
+    data, ae = tiny_data
+    task = AutoencoderTask(AutoencoderTaskConfig(data=data, frames=4, init=ae, decoder_only=True))
+    export = train(task, TrainSettings(output_dir=str(tmp_path), steps=2, batch_size=1, learning_rate=1e-3,
+                                       ema_decay=0.0), progress=False)["export"]
+    before, after = load_autoencoder(ae).state_dict(), load_autoencoder(export).state_dict()
+    changed = {name for name, value in before.items() if not torch.equal(value, after[name])}
+    assert changed and all(name.startswith("decoder.") for name in changed), sorted(changed)[:5]
+    assert len(changed) > 0.8 * sum(name.startswith("decoder.") for name in before)

@@ -54,6 +54,9 @@ def _parser() -> argparse.ArgumentParser:
     ae = commands.add_parser("autoencoder", help="train the small autoencoder (models without SVD's VAE)")
     ae.add_argument("--data", required=True)
     ae.add_argument("--frames", type=int, default=4)
+    ae.add_argument("--init", default="", help="an autoencoder.safetensors to start from")
+    ae.add_argument("--decoder-only", action="store_true",
+                    help="train the decoder alone (the encoder, and so the latents, stay exactly as --init's)")
     _run_arguments(ae, {"steps": 2000, "batch_size": 4, "learning_rate": 1e-3, "ema_decay": 0.0,
                         "save_every": 250, "validate_every": 250})
 
@@ -112,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         settings = settings_from_args(args, args.output_dir)
         if args.command == "autoencoder":
             from .autoencoder import AutoencoderTask, AutoencoderTaskConfig
-            task = AutoencoderTask(AutoencoderTaskConfig(data=args.data, frames=args.frames))
+            task = AutoencoderTask(AutoencoderTaskConfig(data=args.data, frames=args.frames, init=args.init,
+                                                         decoder_only=args.decoder_only))
         else:
             from .vividpose_task import VividPoseTask, VividPoseTaskConfig, check_data
             check_data(args.data)

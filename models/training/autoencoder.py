@@ -28,9 +28,14 @@ SCALE_SAMPLES = 64  # windows encoded to measure the latent std at export
 
 @dataclass
 class AutoencoderTaskConfig:
+    """`init`: an autoencoder export to start from; `decoder_only`: train the decoder alone (the encoder,
+    hence the latent space a VividPose was trained in, stays bit-identical), e.g. to teach the temporal
+    decoder the window length the sampler decodes (`frames`)."""
     data: str
     frames: int = 4
     kl_weight: float = 1e-6
+    init: str = ""
+    decoder_only: bool = False
 
 
 class AutoencoderTrainer(nn.Module):
@@ -56,11 +61,19 @@ class AutoencoderTask:
         self.c = config
 
     def config(self) -> dict:
-        return asdict(self.c)
+        values = asdict(self.c)
+        return {k: v for k, v in values.items() if v or k not in ("init", "decoder_only")}  # as runs saved before
 
     def build(self) -> AutoencoderTrainer:
         from diffusers import AutoencoderKLTemporalDecoder
-        return AutoencoderTrainer(AutoencoderKLTemporalDecoder(**SMALL_VAE), self.c)
+        if self.c.decoder_only and not self.c.init:
+            raise MarionetteError("decoder_only needs the autoencoder to start from.", "Pass --init FILE.")
+        vae = load_autoencoder(self.c.init).requires_grad_(True) if self.c.init else \
+            AutoencoderKLTemporalDecoder(**SMALL_VAE)
+        if self.c.decoder_only:
+            vae.encoder.requires_grad_(False)
+            vae.quant_conv.requires_grad_(False)
+        return AutoencoderTrainer(vae.train(), self.c)
 
     def dataset(self):
         from .dataset import ClipDataset
