@@ -2,10 +2,11 @@
 
     bash .ci/demo [OUTPUT_FOLDER] [--comfyui PATH_TO_YOUR_COMFYUI]
 
-Pose extraction and Champ's guidance maps need no downloads and run as shipped: their videos are the
-real thing. The generative graphs (MimicMotion, StableAnimator with HJB, DisPose) run as shipped when
-their weights are found (in your ComfyUI's model folders, given with --comfyui); otherwise on untrained
-tiny models, small and with 2 steps, which proves the graphs run end to end but not the look. ComfyUI's
+Pose extraction, Champ's guidance maps and VividPose (on the small model the pack ships, trained here on
+synthetic people at 96x128) need no downloads and run as shipped: their videos are the real thing. The
+other generative graphs (Champ, MimicMotion, StableAnimator with HJB, DisPose, Animate Anyone) run as
+shipped when their weights are found (in your ComfyUI's model folders, given with --comfyui); otherwise
+on untrained tiny models, small and with 2 steps, which proves the graphs run end to end but not the look. ComfyUI's
 own log goes to OUTPUT_FOLDER/comfyui.log; the terminal shows the demo's lines only.
 """
 import argparse
@@ -23,20 +24,22 @@ import harness  # noqa: E402,F401  (registers the `marionette` library alias)
 from harness.workflow import TINY_MODELS, override, to_api  # noqa: E402
 
 NO_DOWNLOAD = ("pose_extraction.json", "champ_guidance.json")
-SMPLX_GRAPHS = ("vividpose_guidance.json", "vividpose.json")  # run when SMPLX_NEUTRAL is in models/smplx
+SMPLX_GRAPHS = ("vividpose_guidance.json",)  # run when SMPLX_NEUTRAL is in models/smplx
+SHIPPED_MODEL = "vividpose.json"  # its model ships with the pack: always run as shipped
 # without their weights, the generative graphs run the tiny models at a small size with few steps
 SMALL = {"size": "custom", "width": 192, "height": 256}
 # (in this order: the executor keeps a node's output only while the next graph has that node too, so
-# champ.json follows champ_guidance.json and reuses its body fit of the driving clip)
+# champ.json follows champ_guidance.json and reuses its body fit of the driving clip, as vividpose.json
+# then does)
 TINY_SETTINGS = {
     "champ.json": {"LoadReference": {"size": "custom", "width": 256, "height": 256}, "ChampSampler": {"steps": 2}},
+    SHIPPED_MODEL: {},
     "mimicmotion.json": {"LoadReference": SMALL, "SVDAnimateSampler": {"steps": 2}},
     "stableanimator_hjb.json": {"LoadReference": SMALL, "SVDAnimateSampler": {"steps": 2},
                                 "HJBFaceRefine": {"iterations": 1, "end_step": 0}},
     "dispose.json": {"LoadReference": SMALL, "SVDAnimateSampler": {"steps": 2},
                      "KeypointCorrespondence": {"ensemble": 2}},
     "animate_anyone.json": {"LoadReference": SMALL, "AnimateAnyoneSampler": {"steps": 2}},
-    "vividpose.json": {"LoadReference": SMALL, "SVDAnimateSampler": {"steps": 2}},
 }
 # (node, input) -> the model folder its file is looked up in (ComfyUI/models/<folder>)
 WEIGHT_INPUTS = {("SVDAnimationLoader", "svd_folder"): "diffusers", ("SVDAnimationLoader", "checkpoint"): "animation",
@@ -179,6 +182,9 @@ def plan(host):
         if name in SMPLX_GRAPHS and not smplx:
             continue
         prompt = load(name, classes)
+        if name == SHIPPED_MODEL:
+            jobs.append((name, prompt, "real"))
+            continue
         missing = missing_weights(prompt)
         if missing:
             override(prompt, TINY_MODELS, settings)

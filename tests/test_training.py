@@ -269,6 +269,7 @@ def test_decoder_only_fine_tuning_keeps_the_latent_space(tiny_data, tmp_path):
     task = AutoencoderTask(AutoencoderTaskConfig(data=data, frames=4, init=ae, decoder_only=True))
     export = train(task, TrainSettings(output_dir=str(tmp_path), steps=2, batch_size=1, learning_rate=1e-3,
                                        ema_decay=0.0), progress=False)["export"]
+    assert load_autoencoder(export).config.scaling_factor == load_autoencoder(ae).config.scaling_factor
     before, after = load_autoencoder(ae).state_dict(), load_autoencoder(export).state_dict()
     changed = {name for name, value in before.items() if not torch.equal(value, after[name])}
     assert changed and all(name.startswith("decoder.") for name in changed), sorted(changed)[:5]

@@ -99,8 +99,12 @@ class AutoencoderTask:
     @torch.no_grad()
     def export(self, plain: AutoencoderTrainer, path: str, metadata: dict[str, str],
                dtype: torch.dtype = torch.float32) -> None:
-        """The VAE in float32 whatever `dtype` (it is the next run's frozen input, not a deliverable)."""
+        """The VAE in float32 whatever `dtype` (it is the next run's frozen input, not a deliverable). A
+        decoder-only run keeps --init's scaling factor: its latents are those a model was trained on."""
         vae = plain.vae
+        if self.c.decoder_only:
+            save_autoencoder(vae, path, float(vae.config.scaling_factor), metadata)
+            return
         data = self.dataset()
         count = min(len(data), SCALE_SAMPLES)
         latents = [vae.encode(data[i]["frames"].permute(0, 3, 1, 2).float().to(next(vae.parameters()).device)
