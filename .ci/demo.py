@@ -274,8 +274,10 @@ def report(term: Terminal, out_dir: str, jobs, wanted, user_models) -> None:
     for file in outputs:
         # a graph's own video is <workflow>_<counter>: champ_00001_.mp4 is champ.json's, champ_depth_... is not
         made_by_tiny = any(file.startswith(k + "_") and file[len(k) + 1:len(k) + 2].isdigit() for k in tiny)
+        small = file.startswith(SHIPPED_MODEL[:-5] + "_0")
         term.say(f"   marionette/{file}" + ("   (tiny untrained model: proves the graph, not the look)"
-                                           if made_by_tiny else ""))
+                                           if made_by_tiny else "   (the small VividPose trained here: weak, "
+                                           "see models/vividpose/weights/TRAINING.md)" if small else ""))
     term.say("   input_marionette_*   the example inputs")
     if not wanted:
         return
