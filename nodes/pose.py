@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 
-from ..models.pose.draw import draw_frames as draw_pose_frames
+from ..models.pose.draw import DRAW_STYLES, draw_frames as draw_pose_frames
 from ..models.pose.keypoint_json import frames_to_pose_keypoint
 from ..models.pose.smoothing import smooth_frames
 from ..models.pose.types import PoseFrame
@@ -14,11 +14,6 @@ from .combos import DRAW_STYLE, POSE_BACKEND, Combo, validate
 from .host import Progress, preview_ui, to_image_tensor
 from .model_paths import mediapipe_dir, model_choices, require_model
 
-# draw style key → (renderer, options): MimicMotion and StableAnimator trained their PoseNets on the same
-# confidence-weighted drawing with swapped colour channels; OpenPose is controlnet_aux's look
-DRAW_STYLES = {"mimicmotion": ("mimicmotion", {"channel_order": "mimicmotion"}),
-               "stableanimator": ("mimicmotion", {"channel_order": "stableanimator"}),
-               "openpose": ("openpose", {})}
 SMOOTHING = Combo({"light": "Kalman smoother over the whole clip (no lag), gaps of 2 frames filled, one-frame "
                               "hand/face blips dropped; two thirds less jitter, error unchanged (measured)",
                    "strong": "smoother still (gaps of 4 frames filled), but may trail fast limbs",

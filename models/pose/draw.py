@@ -27,6 +27,11 @@ BODY_COLORS = ((255, 0, 0), (255, 85, 0), (255, 170, 0), (255, 255, 0), (170, 25
                (0, 0, 255), (85, 0, 255), (170, 0, 255), (255, 0, 255), (255, 0, 170), (255, 0, 85))
 HAND_EDGES = ((0, 1), (1, 2), (2, 3), (3, 4), (0, 5), (5, 6), (6, 7), (7, 8), (0, 9), (9, 10), (10, 11),
               (11, 12), (0, 13), (13, 14), (14, 15), (15, 16), (0, 17), (17, 18), (18, 19), (19, 20))
+# draw style key → (renderer, options): MimicMotion and StableAnimator trained their PoseNets on the same
+# confidence-weighted drawing with swapped colour channels; OpenPose is controlnet_aux's look
+DRAW_STYLES = {"mimicmotion": ("mimicmotion", {"channel_order": "mimicmotion"}),
+               "stableanimator": ("mimicmotion", {"channel_order": "stableanimator"}),
+               "openpose": ("openpose", {})}
 EPS = 0.01            # hand/face points whose integer pixel x or y is not above this are skipped
 STICK_WIDTH = 4       # ellipse half-thickness of a limb, canvas pixels
 JOINT_RADIUS = 4

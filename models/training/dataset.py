@@ -26,13 +26,11 @@ import numpy as np
 import torch
 
 from ..errors import MarionetteError
+from ..pose.draw import DRAW_STYLES
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".webm", ".mkv", ".gif")
 RENDER_TYPES = ("dense", "normal", "depth", "semantic")
-# draw style -> (models.pose.draw renderer, options), as the DWPoseExtract / RenderGuidance nodes map them
-SKELETON_STYLES = {"mimicmotion": ("mimicmotion", {"channel_order": "mimicmotion"}),
-                   "stableanimator": ("mimicmotion", {"channel_order": "stableanimator"}),
-                   "openpose": ("openpose", {})}
+SKELETON_STYLES = DRAW_STYLES  # as the DWPoseExtract / RenderGuidance nodes draw them
 MEDIAPIPE_DIR = Path(__file__).resolve().parents[1] / "mediapipe"   # the embedded pose models
 SMOOTHING, FIT_ITERATIONS, TEMPORAL_SMOOTHING, DEPTH_RANGE = "light", 50, 1.0, "frame"
 MIN_PERSON_SHARE = 0.5   # a clip needs a person in at least this share of its frames
