@@ -241,7 +241,8 @@ def test_reference_latent_unscaled_mode_repeated(originals):
         distribution = vae.encode(noisy).latent_dist
     assert latent.shape == (1, 5, 4, 8, 12)
     for frame in range(5):
-        torch.testing.assert_close(latent[:, frame], distribution.mode(), atol=1e-6, rtol=0)
+        # (the batched and the single encode may take different oneDNN kernels: 1.04e-6 seen on one CPU)
+        torch.testing.assert_close(latent[:, frame], distribution.mode(), atol=5e-6, rtol=0)
     assert not torch.allclose(latent[:, 0], distribution.mode() * 0.18215, atol=1e-3)
 
 

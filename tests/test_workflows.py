@@ -298,7 +298,8 @@ def test_the_demo_runs_the_shipped_graphs_where_a_users_comfyui_has_the_weights(
     kinds = {name: kind for name, _, kind in jobs}
     assert kinds["pose_extraction.json"] == kinds["champ_guidance.json"] == "real"
     assert kinds["mimicmotion.json"] == kinds["dispose.json"] == "tiny"
-    assert "vividpose.json" not in kinds  # it needs the licensed SMPL-X files
+    assert kinds["vividpose.json"] == "real"  # its small model ships with the pack
+    assert "vividpose_guidance.json" not in kinds  # it needs the licensed SMPL-X files
     assert ("mimicmotion.json", "animation", "MimicMotion_1-1.pth") in wanted
     assert ("stableanimator_hjb.json", "animation", os.path.join("Animation", "pose_net.pth")) in wanted
     user = tmp_path / "ComfyUI"

@@ -30,6 +30,8 @@ def main() -> None:
     parser.add_argument("--grad-accum", type=int, default=1)
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--checkpointing", action="store_true")
+    parser.add_argument("--mixed-precision", default="no")
+    parser.add_argument("--validate-every", type=int, default=0)
     a = parser.parse_args()
     torch.set_num_threads(1)
     grads = {}
@@ -40,7 +42,8 @@ def main() -> None:
                           if p.requires_grad and p.grad is not None})
 
     settings = TrainSettings(output_dir=a.out, steps=a.steps, batch_size=a.batch_size, grad_accum=a.grad_accum,
-                             learning_rate=1e-3, ema_decay=0.9, save_every=1000, gradient_checkpointing=a.checkpointing)
+                             learning_rate=1e-3, ema_decay=0.9, save_every=1000, gradient_checkpointing=a.checkpointing,
+                             mixed_precision=a.mixed_precision, validate_every=a.validate_every)
     train(tiny_task(a.data, a.autoencoder), settings, progress=False, on_gradients=record)
     if int(os.environ.get("RANK", "0")) == 0 and grads:
         from safetensors.torch import save_file
