@@ -1,8 +1,6 @@
 """IDAdapterApply: StableAnimator's face identity (antelopev2 embedding -> Face Encoder -> 4 face tokens)."""
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import torch
 
@@ -11,39 +9,16 @@ import folder_paths
 
 from ..models.errors import MarionetteError
 from ..models.pipelines.svd_animation import SVDAnimation
+from .antelopev2 import antelopev2_sessions, insightface_root, reference_uint8
 from .host import FACE_TOKENS_KEY, load_on_device
-from .model_cache import SessionHolder, cached, file_key, files_key
+from .model_cache import cached, file_key, files_key
 from .combos import NO_FACE, validate
-from .model_paths import ANIMATION_SOURCES, FOLDERS, model_choices, require_model
+from .model_paths import ANIMATION_SOURCES, model_choices, require_model
 from .tiny_models import tiny_choices
 from .socket_types import SVD_ANIMATION_MODEL
 
 TINY_FACE_ENCODER = "tiny random (testing only)"
 OFFICIAL_FACE_ENCODER = ("Animation/face_encoder.pth",)
-
-
-def _insightface_root() -> str:
-    """The first registered 'insightface' folder that holds the antelopev2 pack (else the default one,
-    so the error names where the files should go)."""
-    from ..models.stableanimator.face_id import NEEDED_FILES, pack_folder
-    roots = folder_paths.get_folder_paths("insightface")
-    for root in roots:
-        if all(os.path.isfile(os.path.join(pack_folder(root), f)) for f in NEEDED_FILES):
-            return root
-    return os.path.join(folder_paths.models_dir, FOLDERS["insightface"][0])
-
-
-def _embedder(root: str):
-    """The antelopev2 pack's onnxruntime sessions behind a ModelPatcher (a SessionHolder sized like the
-    files), held while the files and providers stay the same; ComfyUI's unload drops them."""
-    from ..models.stableanimator.face_id import FaceEmbedder, check_pack, default_providers
-    folder = check_pack(root)
-    providers = tuple(default_providers())
-    on_gpu = providers[0] != "CPUExecutionProvider"
-    size = sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder) if f.endswith(".onnx"))
-    return cached("antelopev2", (file_key(folder), providers),
-                  lambda: SessionHolder(lambda: FaceEmbedder(root, providers=list(providers)).prepare(), on_gpu),
-                  size=size, load_device=None if on_gpu else torch.device("cpu"))
 
 
 def _face_encoder(choice: str, net: SVDAnimation):
@@ -66,14 +41,6 @@ def _face_encoder(choice: str, net: SVDAnimation):
                               f"Pick '{TINY_FACE_ENCODER}' for the tiny test model, or load StableAnimator's "
                               "real UNet in SVD Animation Loader.")
     return patcher
-
-
-def _reference_uint8(reference: torch.Tensor) -> np.ndarray:
-    if reference.ndim != 4 or reference.shape[0] != 1 or reference.shape[-1] != 3:
-        raise MarionetteError(f"The reference image must be one RGB frame; got shape {tuple(reference.shape)}.",
-                              "Pick one frame with ImageFromBatch (or connect LoadReference).")
-    pixels = (reference[0].float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
-    return np.ascontiguousarray(pixels)
 
 
 class IDAdapterApply:
@@ -109,7 +76,7 @@ class IDAdapterApply:
         """The files' fingerprint (face encoder, antelopev2 pack): replaced files make the node run again."""
         from ..models.stableanimator.face_id import pack_folder
         return files_key(folder_paths.get_full_path("animation", face_encoder or ""),
-                         pack_folder(_insightface_root()))
+                         pack_folder(insightface_root()))
 
     def apply(self, model, reference_image, face_encoder, face_analysis, no_face):
         net = getattr(model, "model", None)
@@ -122,8 +89,8 @@ class IDAdapterApply:
                                   "Set animation to StableAnimator in SVD Animation Loader, or remove this node.")
         if face_analysis != "antelopev2":
             raise MarionetteError(f"Unknown face analysis pack '{face_analysis}'.", "Pick antelopev2.")
-        image = _reference_uint8(reference_image)
-        sessions = _embedder(_insightface_root())
+        image = reference_uint8(reference_image)
+        sessions = antelopev2_sessions(insightface_root())
         load_on_device(sessions)  # ComfyUI makes room for GPU sessions (and may drop them later)
         embedding, box = sessions.model.get().largest_face_embedding(image)
         if embedding is None and NO_FACE.key(no_face, "no_face") != "zeros":

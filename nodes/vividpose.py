@@ -18,7 +18,8 @@ import folder_paths
 from ..models.errors import MarionetteError
 from .combos import Combo, validate
 from .host import DTYPE_CHOICES, check_interrupt, load_on_device, preview_ui, resolve_dtype, unet_memory_required
-from .model_cache import SessionHolder, cached, file_key, files_key, managed
+from .antelopev2 import antelopev2_sessions, insightface_root, reference_uint8
+from .model_cache import files_key, managed
 from .model_paths import diffusers_folders, model_choices, require_model
 from .socket_types import SVD_ANIMATION_MODEL
 from .tiny_models import tiny_choices
@@ -61,22 +62,12 @@ def _svd_path(name: str) -> str:
 def _face_embedding(reference: torch.Tensor, on_missing: str) -> tuple[torch.Tensor | None, dict]:
     """The reference's raw ArcFace embedding from antelopev2 (ComfyUI's insightface folder), held in the
     same model-cache slot ID Adapter Apply uses."""
-    from ..models.stableanimator.face_id import NEEDED_FILES, FaceEmbedder, check_pack, default_providers, pack_folder
-    if reference is None or reference.ndim != 4 or reference.shape[0] != 1:
+    if reference is None:
         raise MarionetteError("The face identity needs the reference image (one frame).",
                               "Connect the reference to VividPose Guidance's reference_image.")
-    roots = folder_paths.get_folder_paths("insightface")
-    root = next((r for r in roots if all(os.path.isfile(os.path.join(pack_folder(r), f)) for f in NEEDED_FILES)),
-                os.path.join(folder_paths.models_dir, "insightface"))
-    folder = check_pack(root)
-    providers = tuple(default_providers())
-    on_gpu = providers[0] != "CPUExecutionProvider"
-    size = sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder) if f.endswith(".onnx"))
-    sessions = cached("antelopev2", (file_key(folder), providers),
-                      lambda: SessionHolder(lambda: FaceEmbedder(root, providers=list(providers)).prepare(), on_gpu),
-                      size=size, load_device=None if on_gpu else torch.device("cpu"))
+    pixels = reference_uint8(reference)
+    sessions = antelopev2_sessions(insightface_root())
     load_on_device(sessions)
-    pixels = np.ascontiguousarray((reference[0].float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy())
     embedding, box = sessions.model.get().largest_face_embedding(pixels)
     if embedding is None:
         if on_missing != "zeros":
