@@ -9,6 +9,7 @@ the EDM objective assumes.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import asdict, dataclass
@@ -38,6 +39,11 @@ class AutoencoderTaskConfig:
     decoder_only: bool = False
 
 
+def signed_pixels(images: torch.Tensor) -> torch.Tensor:
+    """uint8 frames [N, H, W, 3] -> the VAE's input, float [N, 3, H, W] in [-1, 1]."""
+    return images.permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
 class AutoencoderTrainer(nn.Module):
     def __init__(self, vae: nn.Module, config: AutoencoderTaskConfig):
         super().__init__()
@@ -45,7 +51,7 @@ class AutoencoderTrainer(nn.Module):
 
     def forward(self, frames: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         batch, count = frames.shape[:2]
-        x = frames.flatten(0, 1).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        x = signed_pixels(frames.flatten(0, 1))
         posterior = self.vae.encode(x).latent_dist
         z = posterior.mean + posterior.std * eps.to(x.device)
         recon = self.vae.decode(z, num_frames=count).sample
@@ -90,7 +96,6 @@ class AutoencoderTask:
         return module(frames.to(device), eps.flatten(0, 1))
 
     def scope(self, plain):
-        import contextlib
         return contextlib.nullcontext()
 
     def enable_gradient_checkpointing(self, plain: AutoencoderTrainer) -> None:
@@ -107,8 +112,8 @@ class AutoencoderTask:
             return
         data = self.dataset()
         count = min(len(data), SCALE_SAMPLES)
-        latents = [vae.encode(data[i]["frames"].permute(0, 3, 1, 2).float().to(next(vae.parameters()).device)
-                              / 127.5 - 1.0).latent_dist.mode() for i in range(count)]
+        device = next(vae.parameters()).device
+        latents = [vae.encode(signed_pixels(data[i]["frames"]).to(device)).latent_dist.mode() for i in range(count)]
         std = float(torch.cat(latents).float().std())
         save_autoencoder(vae, path, 1.0 / std, metadata)
 
@@ -116,7 +121,7 @@ class AutoencoderTask:
     def validate(self, plain: AutoencoderTrainer, folder: str, step: int) -> None:
         from PIL import Image
         frames = self.dataset()[0]["frames"]
-        x = frames.permute(0, 3, 1, 2).float().to(next(plain.parameters()).device) / 127.5 - 1.0
+        x = signed_pixels(frames).to(next(plain.parameters()).device)
         recon = plain.vae.decode(plain.vae.encode(x).latent_dist.mode(), num_frames=x.shape[0]).sample
         recon = ((recon.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu()
         strip = torch.cat([torch.cat(list(frames), 1), torch.cat(list(recon), 1)], 0)

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 
 from ..evaluation.metrics import evaluate_video
-from ..pipelines.vividpose import animate_vividpose, load_vividpose_animation
-from ..svd.sampler import SamplerSettings
+from ..pipelines.vividpose import load_vividpose_animation
 from .dataset import ClipDataset, load_clip
+from .validation import reconstruct_clip
 
 METHODS = ("model", "copy reference", "untrained")
 
@@ -38,14 +38,6 @@ def untrained_like(net, seed: int = 0):
                               torch.float32, tiny=False)
 
 
-def sampler_settings(net, frames: int, steps: int, seed: int, cfg: float) -> SamplerSettings:
-    extras = net.model.config.extras
-    tile = min(int(net.model.config.unet.get("num_frames", 8)), frames)
-    return SamplerSettings(steps=steps, cfg_min=1.0, cfg_max=cfg, tile_size=tile, tile_overlap=max(1, tile // 2),
-                           seed=seed, fps=int(extras.get("fps", 7)),
-                           noise_aug_strength=float(extras.get("noise_aug_strength", 0.02)))
-
-
 def evaluate_checkpoint(path: str, data: str, split: str = "heldout", frames: int = 16, steps: int = 25,
                         cfg: float = 3.0, seed: int = 0, out: str | None = None, progress=print) -> dict:
     """{method: {region: {metric: mean over clips}}} (+ 'clips'); with `out`, also per-clip results,
@@ -57,15 +49,11 @@ def evaluate_checkpoint(path: str, data: str, split: str = "heldout", frames: in
     for number, name in enumerate(names):
         clip = load_clip(data, name)
         count = min(frames, int(clip["frames"].shape[0]))
-        unit = lambda x: x[:count].float() / 255.0  # noqa: E731
-        truth, mask = unit(clip["frames"]), clip.get("mask")
+        truth, mask = clip["frames"][:count].float() / 255.0, clip.get("mask")
         mask = None if mask is None else (mask[:count].float() / 255.0)
         videos = {"copy reference": truth[:1].expand(count, -1, -1, -1)}
         for method, model in nets.items():
-            settings = sampler_settings(model, count, steps, seed, cfg)
-            with torch.no_grad():
-                videos[method] = animate_vividpose(model, truth[:1], unit(clip["skeleton"]), unit(clip["render"]),
-                                                   settings, device=torch.device("cpu")).frames.float()
+            videos[method] = reconstruct_clip(model, clip, count, steps, seed, cfg)
         for method in METHODS:
             result = evaluate_video(videos[method], truth, mask, skip_first=1)
             per_clip[method].append({region: dict(zip(("l1", "psnr", "ssim"), getattr(result, region).means()))

@@ -30,6 +30,7 @@ from ..svd.conditioning import CLIP_MEAN, CLIP_STD, DEFAULT_NOISE_AUG, clip_pixe
 from ..vividpose.checkpoint import save_vividpose
 from ..vividpose.config import VividPoseConfig
 from ..vividpose.model import VividPose
+from .autoencoder import load_autoencoder, signed_pixels
 from .edm import denoiser_inputs, edm_loss, noise_and_sigma, sample_generator
 
 FPS, MOTION_BUCKET = 7, 127  # SVD micro-conditioning the sampler node uses by default
@@ -121,7 +122,7 @@ class VividPoseTrainer(nn.Module):
         """latents [B, F, 4, h, w]: the frames' raw VAE latents (`LatentWindows`); images uint8."""
         batch, count = latents.shape[:2]
         x0 = latents.float() * self.scaling
-        ref = _signed(reference)
+        ref = signed_pixels(reference)
         model = self.model
         if drop:
             cond_latent = torch.zeros_like(x0)
@@ -154,11 +155,6 @@ def _train_size(data: str) -> str:
         return ""
     width, height = read_index(data)["settings"]["size"]
     return f"{width}x{height}"
-
-
-def _signed(images: torch.Tensor) -> torch.Tensor:
-    """uint8 [N, H, W, 3] -> float [N, 3, H, W] in [-1, 1]."""
-    return images.permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
 def _unit(images: torch.Tensor) -> torch.Tensor:
@@ -212,7 +208,6 @@ class VividPoseTask:
             model = initialise_full_size(VividPose(config), base, self.c.sd21)
             self._vae = base.vae
             return VividPoseTrainer(model, base.vae, base.image_encoder, self.c)
-        from .autoencoder import load_autoencoder
         vae = self._vae = load_autoencoder(self.c.autoencoder)
         config = self.vividpose_config(float(vae.config.scaling_factor))
         model = VividPose(config)
@@ -280,7 +275,7 @@ class LatentWindows(torch.utils.data.Dataset):
         for name in windows.clips:
             frames = load_clip(windows.cache_dir, name)["frames"]
             with torch.no_grad():
-                self.latents.append(torch.cat([vae.encode(_signed(frames[i:i + chunk]).to(device)).latent_dist.mode()
+                self.latents.append(torch.cat([vae.encode(signed_pixels(frames[i:i + chunk]).to(device)).latent_dist.mode()
                                                .float().cpu() for i in range(0, len(frames), chunk)]))
 
     def __len__(self) -> int:

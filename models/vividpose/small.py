@@ -7,7 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 
 SMALL_CHECKPOINT = Path(__file__).resolve().parent / "weights" / "vividpose_small_96x128.safetensors"
-SMALL_SIZE = (96, 128)  # width, height it was trained at
 
 
 def small_checkpoint() -> Path | None:
