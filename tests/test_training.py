@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from harness import ROOT
+from marionette.models.errors import MarionetteError
 from marionette.models.pipelines.svd_tiny import TINY_VAE
 from marionette.models.training.autoencoder import load_autoencoder, save_autoencoder
 from marionette.models.training.edm import edm_loss, noise_and_sigma, sample_generator
@@ -135,7 +136,6 @@ def test_resume_refuses_another_run(tiny_data, tmp_path):
     data, ae = tiny_data
     settings = TrainSettings(output_dir=str(tmp_path), steps=1, batch_size=1, save_every=1000)
     train(tiny_task(data, ae), settings, progress=False)
-    from marionette.models.errors import MarionetteError
     with pytest.raises(MarionetteError, match="another run"):
         train(tiny_task(data, ae), TrainSettings(output_dir=str(tmp_path), steps=2, batch_size=2), progress=False)
 
@@ -272,3 +272,48 @@ def test_decoder_only_fine_tuning_keeps_the_latent_space(tiny_data, tmp_path):
     changed = {name for name, value in before.items() if not torch.equal(value, after[name])}
     assert changed and all(name.startswith("decoder.") for name in changed), sorted(changed)[:5]
     assert len(changed) > 0.8 * sum(name.startswith("decoder.") for name in before)
+
+
+def test_an_autoencoder_with_more_latent_channels_trains_a_vividpose_that_samples(tiny_data, tmp_path):
+    """--latent-channels 8: the autoencoder's latents, the VividPose UNet's input (noisy + reference) and
+    output, its ReferenceNet and its latent-space pose features all follow the VAE; the export samples."""
+    from marionette.models.pipelines.vividpose import load_vividpose_animation
+    from marionette.models.training.autoencoder import AutoencoderTask, AutoencoderTaskConfig
+    from marionette.models.training.dataset import load_clip
+    from marionette.models.training.validation import reconstruct_clip
+    data, _ = tiny_data
+    ae_task = AutoencoderTask(AutoencoderTaskConfig(data=data, frames=2, latent_channels=8))
+    ae = train(ae_task, TrainSettings(output_dir=str(tmp_path / "ae"), steps=1, batch_size=1, ema_decay=0.0),
+               progress=False)["export"]
+    assert load_autoencoder(ae).config.latent_channels == 8
+    export = train(tiny_task(data, ae), TrainSettings(output_dir=str(tmp_path / "vp"), steps=1, batch_size=1),
+                   progress=False)["export"]
+    net = load_vividpose_animation(export, None, torch.float32)
+    unet = net.model.config.unet
+    assert (unet["in_channels"], unet["out_channels"]) == (16, 8)
+    assert net.model.config.reference_net["in_channels"] == 8 and net.model.config.pose_out_channels == 8
+    video = reconstruct_clip(net, load_clip(data, "heldout_000"), 3, steps=2)
+    assert video.shape == (3, 48, 32, 3) and torch.isfinite(video).all()
+
+
+def test_init_continues_a_small_model_from_its_export(tiny_data, tmp_path):
+    """--init FILE: the continued run starts from exactly the export's weights (model and image encoder)
+    with its bundled autoencoder, and other reference frames than the first can be trained on."""
+    from marionette.models.training.vividpose_task import VividPoseTask, VividPoseTaskConfig
+    from marionette.models.vividpose.checkpoint import load_companions, load_vividpose
+    data, ae = tiny_data
+    export = train(tiny_task(data, ae), TrainSettings(output_dir=str(tmp_path / "first"), steps=1, batch_size=1),
+                   progress=False)["export"]
+    task = VividPoseTask(VividPoseTaskConfig(data=data, init=export, frames=4, reference_frames=(0, 5)))
+    module = task.build()
+    saved = load_vividpose(export).state_dict()
+    assert all(torch.equal(value, saved[name]) for name, value in module.model.state_dict().items())
+    encoder = load_companions(export)["image_encoder"].state_dict()
+    assert all(torch.equal(value, encoder[name]) for name, value in module.image_encoder.state_dict().items())
+    assert all(p.requires_grad for p in module.model.parameters()) and module.model.training
+    assert not any(p.requires_grad for p in module.vae.parameters())
+    assert {int(task.dataset()[i]["reference_index"]) for i in range(len(task.dataset()))} == {0, 5}
+    result = train(task, TrainSettings(output_dir=str(tmp_path / "more"), steps=1, batch_size=1), progress=False)
+    assert load_vividpose(result["export"]).config.extras["init"] == os.path.basename(export)
+    with pytest.raises(MarionetteError, match="exactly one"):
+        VividPoseTaskConfig(data=data, init=export, autoencoder=ae)

@@ -122,18 +122,37 @@ def test_windows_of_a_split(prepared):
     cache = prepared["cache"]
     data = ClipDataset(cache, "train", frames=4)
     assert data.clips == ["train_000", "train_001"]
-    assert len(data) == 8 and data.items[:4] == [("train_000", s) for s in (0, 2, 4, 6)]
+    assert len(data) == 8 and data.items[:4] == [("train_000", s, 0) for s in (0, 2, 4, 6)]
     clip = load_clip(cache, "train_001")
     item = data[5]   # train_001 from frame 2
     for key in ("frames", "render", "skeleton", "mask"):
         assert item[key].shape[0] == 4 and (item[key] == clip[key][2:6]).all(), key
-    assert (item["reference"] == clip["frames"][0]).all()
+    assert (item["reference"] == clip["frames"][0]).all() and int(item["reference_index"]) == 0
     strided = ClipDataset(cache, "train", frames=4, stride=3)   # spans 10 frames: one window per clip
-    assert strided.items == [("train_000", 0), ("train_001", 0)]
+    assert strided.items == [("train_000", 0, 0), ("train_001", 0, 0)]
     assert (strided[1]["render"] == clip["render"][0:10:3]).all()
     heldout = ClipDataset(cache, "heldout", frames=8)
-    assert heldout.clips == ["heldout_000"] and heldout.items == [("heldout_000", 0)]
+    assert heldout.clips == ["heldout_000"] and heldout.items == [("heldout_000", 0, 0)]
     assert len(ClipDataset(cache, "heldout", frames=T + 1)) == 0
+
+
+def test_reference_frames_other_than_the_first(prepared):
+    """Each window once per reference frame the clip has; the window itself (anchor frame 0 first) is the
+    same whatever the reference."""
+    cache = prepared["cache"]
+    plain = ClipDataset(cache, "train", frames=4, anchor=True)
+    several = ClipDataset(cache, "train", frames=4, anchor=True, references=(0, 5, 10 * T))  # 10T: no clip has it
+    assert len(several) == 2 * len(plain)
+    clip = load_clip(cache, "train_001")
+    picks = [i for i, (name, _, ref) in enumerate(several.items) if name == "train_001" and ref == 5]
+    item = several[picks[1]]
+    assert int(item["reference_index"]) == 5 and (item["reference"] == clip["frames"][5]).all()
+    first = plain[[i for i, (name, _, _) in enumerate(plain.items) if name == "train_001"][1]]
+    for key in ("frames", "render", "skeleton", "indices"):
+        assert (item[key] == first[key]).all(), key
+    assert item["indices"][0] == 0
+    with pytest.raises(MarionetteError, match="reference"):
+        ClipDataset(cache, "train", frames=4, references=(-1,))
 
 
 def test_a_face_embedder_adds_the_first_frames_embedding(prepared, tmp_path):

@@ -128,7 +128,7 @@ def animate_vividpose(net: VividPoseAnimation, reference: torch.Tensor, skeleton
         poses = pose_features(model, render_images, skeleton_images, device, dtype, check)
     denoiser = _Denoiser(model, cond, features, id_scale)
     latents = sample(denoiser, cond, torch.zeros_like(cond) if settings.uses_cfg else None, ref_latent, poses,
-                     settings, on_step=on_step, generator=generator)
+                     settings, on_step=on_step, generator=generator, latent_channels=model.config.latent_channels)
     frames = decode_video(net, latents, decode_chunk or DECODE_CHUNK, check)
     return AnimationResult(frames, latents / net.vae_scaling_factor)
 

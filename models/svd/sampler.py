@@ -9,7 +9,7 @@ It reproduces the denoising loop of StableAnimator's `InferenceAnimationPipeline
 Inputs the caller prepares (as the official pipelines do):
 - `cond` / `uncond`: the UNet contexts (StableAnimator: `unet_context` / `null_unet_context`, 5 tokens;
   MimicMotion: the CLIP token / zeros). `uncond` may be None when CFG is 1 everywhere.
-- `ref_latent` [4, h, w]: `vae.encode(image + noise_aug_strength * randn).latent_dist.mode()`, NOT multiplied
+- `ref_latent` [4, h, w] (`latent_channels` with another VAE): `vae.encode(image + noise_aug_strength * randn).latent_dist.mode()`, NOT multiplied
   by the VAE scaling factor. The unconditional pass gets zeros in its place, and no pose.
 - `pose_features` [F, C0, h, w]: PoseNet output per frame, or None.
 The result is in the UNet's latent space: divide by the VAE scaling factor (0.18215) before decoding.
@@ -37,7 +37,7 @@ from ..errors import MarionetteError
 from .schedule import (SIGMA_MAX, SIGMA_MIN, edm_scalings, euler_step, fusion_weights, guidance_scales,
                        init_noise_scale, karras_sigmas, tile_weights, tile_windows)
 
-LATENT_CHANNELS = 4
+LATENT_CHANNELS = 4  # SVD's VAE; a model trained on another VAE samples its reference latent's channels
 
 
 @dataclass(frozen=True)
@@ -131,11 +131,11 @@ class _Plan:
 
 
 def start_noise(num_frames: int, tile_size: int, latent_hw: tuple[int, int], generator: torch.Generator,
-                dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Unit Gaussian noise [F, 4, h, w] (float32, on the generator's device): one tile drawn from
+                dtype: torch.dtype = torch.float32, channels: int = LATENT_CHANNELS) -> torch.Tensor:
+    """Unit Gaussian noise [F, channels, h, w] (float32, on the generator's device): one tile drawn from
     `generator` in `dtype` (the official pipelines draw in the UNet's dtype), repeated periodically over
     the frames as they do."""
-    tile = torch.randn((tile_size, LATENT_CHANNELS, *latent_hw), generator=generator, device=generator.device,
+    tile = torch.randn((tile_size, channels, *latent_hw), generator=generator, device=generator.device,
                        dtype=dtype).float()
     repeats = num_frames // tile_size + 1
     return tile.repeat(repeats, 1, 1, 1)[:num_frames]
@@ -158,8 +158,9 @@ def sample(unet: Callable, cond: torch.Tensor, uncond: torch.Tensor | None, ref_
            on_step: Callable[[int, int, torch.Tensor], None] | None = None,
            refine: Callable[[torch.Tensor, int, int], torch.Tensor] | None = None,
            frame_inputs: dict[str, torch.Tensor] | None = None,
-           generator: torch.Generator | None = None) -> torch.Tensor:
-    """Denoise a video and return its latents [F, 4, h, w] (float32, on `ref_latent`'s device, scaled as
+           generator: torch.Generator | None = None, latent_channels: int = LATENT_CHANNELS) -> torch.Tensor:
+    """Denoise a video and return its latents [F, 4, h, w] (`latent_channels` for a model trained on another
+    VAE; float32, on `ref_latent`'s device, scaled as
     the UNet sees them), all F frames including MimicMotion's anchor (drop it after decoding).
 
     F is `pose_features.shape[0]`, or `num_frames` when there are no pose features. The UNet runs in the
@@ -180,13 +181,13 @@ def sample(unet: Callable, cond: torch.Tensor, uncond: torch.Tensor | None, ref_
     if settings.drop_first_frame and frames < 2:
         raise MarionetteError("drop_first_frame needs the reference pose plus at least one driving frame.",
                               "Pass at least two frames of pose features.")
-    ref_latent = _check_inputs(cond, uncond, ref_latent, pose_features, settings)
+    ref_latent = _check_inputs(cond, uncond, ref_latent, pose_features, settings, latent_channels)
     device, dtype = ref_latent.device, cond.dtype
     with torch.no_grad():
         plan = _plan(frames, ref_latent, settings, device, dtype)
         generator = generator if generator is not None else seeded_generator(settings.seed)
         noise = start_noise(frames, effective_tile(frames, settings)[0], tuple(ref_latent.shape[-2:]), generator,
-                            dtype)
+                            dtype, channels=latent_channels)
         x = noise.to(device) * init_noise_scale(plan.sigmas[0])
         keep = 1 if settings.drop_first_frame else 0
         total = settings.steps
@@ -216,11 +217,11 @@ def _frame_count(pose_features, num_frames) -> int:
     return num_frames
 
 
-def _check_inputs(cond, uncond, ref_latent, pose_features, settings) -> torch.Tensor:
+def _check_inputs(cond, uncond, ref_latent, pose_features, settings, channels: int) -> torch.Tensor:
     if ref_latent.ndim == 4 and ref_latent.shape[0] == 1:
         ref_latent = ref_latent[0]
-    if ref_latent.ndim != 3 or ref_latent.shape[0] != LATENT_CHANNELS:
-        raise MarionetteError(f"The reference latent must be [4, h, w], got {tuple(ref_latent.shape)}.",
+    if ref_latent.ndim != 3 or ref_latent.shape[0] != channels:
+        raise MarionetteError(f"The reference latent must be [{channels}, h, w], got {tuple(ref_latent.shape)}.",
                               "Encode the reference image with the SVD VAE (latent_dist.mode()).")
     if cond.ndim != 3 or cond.shape[0] != 1:
         raise MarionetteError(f"The conditional context must be [1, tokens, dim], got {tuple(cond.shape)}.",

@@ -4,6 +4,7 @@
     python -m models.training autoencoder --data DATA --output-dir runs/ae     # only without SVD's VAE
     python -m models.training vividpose   --data DATA --autoencoder runs/ae/autoencoder.safetensors \\
                                           --output-dir runs/vividpose                # the small model
+                                          (--init FILE instead of --autoencoder continues a small model)
     python -m models.training vividpose   --data DATA --svd stable-video-diffusion-img2vid-xt \\
                                           --sd21 v2-1_512-ema-pruned.safetensors --output-dir runs/vp_full
                                           # full size: the paper's init from SVD-xt and SD2.1 (GPUs)
@@ -57,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     ae.add_argument("--init", default="", help="an autoencoder.safetensors to start from")
     ae.add_argument("--decoder-only", action="store_true",
                     help="train the decoder alone (the encoder, and so the latents, stay exactly as --init's)")
+    ae.add_argument("--latent-channels", type=int, default=4, help="4 as SVD's VAE; more keep more detail")
     _run_arguments(ae, {"steps": 2000, "batch_size": 4, "learning_rate": 1e-3, "ema_decay": 0.0,
                         "save_every": 250, "validate_every": 250})
 
@@ -64,6 +66,8 @@ def _parser() -> argparse.ArgumentParser:
     vp.add_argument("--data", required=True)
     size = vp.add_mutually_exclusive_group(required=True)
     size.add_argument("--autoencoder", help="small model: autoencoder.safetensors of an `autoencoder` run")
+    size.add_argument("--init", help="small model: continue from a small VividPose export (its architecture, "
+                                     "weights, bundled autoencoder and image encoder)")
     size.add_argument("--svd", help="full size: the stable-video-diffusion-img2vid-xt diffusers folder (UNet init, "
                                     "frozen VAE and CLIP image encoder)")
     vp.add_argument("--sd21", default="", help="full size: Stable Diffusion 2.1's UNet (diffusers "
@@ -73,6 +77,8 @@ def _parser() -> argparse.ArgumentParser:
     vp.add_argument("--drop-probability", type=float, default=0.1)
     vp.add_argument("--identity", action=argparse.BooleanOptionalAction, default=False)
     vp.add_argument("--validation-clip", default="")
+    vp.add_argument("--reference-frames", default="0", type=_frame_numbers,
+                    help="comma-separated frames of each clip used as the reference image (e.g. 0,8,16)")
     _run_arguments(vp, {"steps": 4000, "batch_size": 2, "learning_rate": 3e-4, "ema_decay": 0.999,
                         "warmup_steps": 100, "save_every": 250, "validate_every": 500})
     ev = commands.add_parser("evaluate", help="self-reconstruction metrics of a VividPose checkpoint vs baselines")
@@ -84,6 +90,13 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--cfg", type=float, default=3.0)
     ev.add_argument("--out", default=None, help="folder for metrics.json / metrics.md and strips")
     return parser
+
+
+def _frame_numbers(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of frame numbers") from None
 
 
 def _face_embedder(root: str | None):
@@ -116,13 +129,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "autoencoder":
             from .autoencoder import AutoencoderTask, AutoencoderTaskConfig
             task = AutoencoderTask(AutoencoderTaskConfig(data=args.data, frames=args.frames, init=args.init,
-                                                         decoder_only=args.decoder_only))
+                                                         decoder_only=args.decoder_only,
+                                                         latent_channels=args.latent_channels))
         else:
             from .vividpose_task import VividPoseTask, VividPoseTaskConfig, check_data
             check_data(args.data)
             task = VividPoseTask(VividPoseTaskConfig(
-                data=args.data, autoencoder=args.autoencoder or "", svd=args.svd or "", sd21=args.sd21,
-                frames=args.frames,
+                data=args.data, autoencoder=args.autoencoder or "", init=args.init or "", svd=args.svd or "",
+                sd21=args.sd21, frames=args.frames, reference_frames=args.reference_frames,
                 drop_probability=args.drop_probability, identity=args.identity,
                 validation_clip=args.validation_clip))
         result = train(task, settings, command, progress=args.progress)

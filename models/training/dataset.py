@@ -299,16 +299,22 @@ def load_clip(cache_dir, name: str) -> dict:
 class ClipDataset(torch.utils.data.Dataset):
     """Windows of `frames` frames (every `stride`-th frame) from the cached clips of one split.
 
-    Items are (clip, start) pairs over every clip of the split, starts stepping by frames // 2; each item
-    is a dict of uint8 tensors: frames / render / skeleton [F, H, W, 3], mask [F, H, W] when cached,
-    reference [H, W, 3] = the clip's first frame, plus `clip` (its position in `clips`) and `indices`
-    (the frame numbers). `anchor=True` lays windows out as the SVD sampler does: the clip's frame 0
-    first, then F - 1 consecutive frames, so a model learns the windows it will be sampled in."""
+    Items are (clip, start, reference) triples over every clip of the split, starts stepping by frames // 2;
+    each item is a dict of uint8 tensors: frames / render / skeleton [F, H, W, 3], mask [F, H, W] when
+    cached, reference [H, W, 3] (the clip's first frame unless `references` says otherwise), plus `clip`
+    (its position in `clips`) and `indices` (the frame numbers). `anchor=True` lays windows out as the SVD sampler does: the clip's frame 0
+    first, then F - 1 consecutive frames, so a model learns the windows it will be sampled in.
+    `references`: the frame numbers used as the reference image (each window once per reference the
+    clip has, `reference_index` says which): other frames than the first teach a model to move the person
+    from the reference's pose to poses of other moments, as Animate Anyone samples its references."""
 
-    def __init__(self, cache_dir, split: str = "train", frames: int = 8, stride: int = 1, anchor: bool = False):
-        if int(frames) < 1 + bool(anchor) or int(stride) < 1:
-            raise MarionetteError(f"Bad window: frames={frames}, stride={stride}.",
-                                  "Use frames >= 1 (2 with the anchor frame) and stride >= 1.")
+    def __init__(self, cache_dir, split: str = "train", frames: int = 8, stride: int = 1, anchor: bool = False,
+                 references: tuple[int, ...] = (0,)):
+        references = tuple(int(r) for r in references)
+        if int(frames) < 1 + bool(anchor) or int(stride) < 1 or not references or min(references) < 0:
+            raise MarionetteError(f"Bad window: frames={frames}, stride={stride}, references={references}.",
+                                  "Use frames >= 1 (2 with the anchor frame), stride >= 1 and reference frame "
+                                  "numbers >= 0.")
         self.cache_dir, self.frames, self.stride, self.anchor = Path(cache_dir), int(frames), int(stride), bool(anchor)
         index = read_index(cache_dir)
         splits = index.get("splits", {})
@@ -319,7 +325,8 @@ class ClipDataset(torch.utils.data.Dataset):
         for name in self.clips:
             count = int((read_metadata(clip_path(cache_dir, name)) or {}).get("frames", 0))
             first = int(self.anchor)
-            self.items += [(name, start) for start in range(first, count - span + 1, step)]
+            self.items += [(name, start, ref) for ref in references if ref < count
+                           for start in range(first, count - span + 1, step)]
 
     def __len__(self) -> int:
         return len(self.items)
@@ -330,7 +337,7 @@ class ClipDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         from safetensors import safe_open
-        name, start = self.items[i]
+        name, start, ref = self.items[i]
         indices = self.window(start)
         with safe_open(str(clip_path(self.cache_dir, name)), "pt") as f:
             keys = set(f.keys())
@@ -339,8 +346,9 @@ class ClipDataset(torch.utils.data.Dataset):
                 if k in keys:
                     moving = f.get_slice(k)[indices[self.anchor]:indices[-1] + 1][::self.stride]
                     out[k] = torch.cat([f.get_slice(k)[0:1], moving]) if self.anchor else moving.contiguous()
-            out["reference"] = f.get_slice("frames")[0:1][0].contiguous()
+            out["reference"] = f.get_slice("frames")[ref:ref + 1][0].contiguous()
         out["clip"] = torch.tensor(self.clips.index(name))
+        out["reference_index"] = torch.tensor(ref)
         out["indices"] = torch.tensor(indices)
         return out
 

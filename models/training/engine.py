@@ -19,7 +19,7 @@ import shutil
 import signal
 import sys
 import time
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Protocol
 
 import torch
@@ -96,6 +96,12 @@ class Task(Protocol):
 
 
 # ----------------------------------------------------------------------------------------- batches
+def saved_config(config, left_out: dict) -> dict:
+    """A task config (dataclass) as a run's state records it: options at the `left_out` values (those
+    they had before the option existed) are left out, so runs saved before an option came still resume."""
+    return {k: v for k, v in asdict(config).items() if k not in left_out or v != left_out[k]}
+
+
 def epoch_order(size: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(size, generator=torch.Generator().manual_seed(int(seed) * 7919 + int(epoch)))
 

@@ -1,7 +1,7 @@
 """Training VividPose: the EDM objective on clips of a prepared dataset (`training.dataset`).
 
-Per sample: F consecutive frames of a clip, the clip's first frame as the reference, and the frames'
-τ1 body renders and τ2 skeletons. The VAE (frozen) encodes the frames to x0 and the noise-augmented
+Per sample: F consecutive frames of a clip, the clip's first frame (or another of `reference_frames`) as
+the reference, and the frames' τ1 body renders and τ2 skeletons. The VAE (frozen) encodes the frames to x0 and the noise-augmented
 reference to the concatenated conditioning latent, as SVD; the image encoder gives the context; the
 ReferenceNet sees the clean reference latent. Conditioning dropout: with `drop_probability` a micro-step
 is unconditional in exactly the way the sampler's unconditional pass is (zero reference latent, zero
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import copy
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -32,6 +32,7 @@ from ..vividpose.config import VividPoseConfig
 from ..vividpose.model import VividPose
 from .autoencoder import load_autoencoder, signed_pixels
 from .edm import denoiser_inputs, edm_loss, noise_and_sigma, sample_generator
+from .engine import saved_config
 
 FPS, MOTION_BUCKET = 7, 127  # SVD micro-conditioning the sampler node uses by default
 
@@ -57,16 +58,19 @@ SMALL_IMAGE_ENCODER = dict(hidden_size=64, intermediate_size=128, num_hidden_lay
 
 SMALL_POSE, FULL_POSE = ((16, 32, 64, 128), 4), ((16, 32, 96, 256), 8)  # (channels, heads)
 SD21_LATENT_SCALE = 0.18215  # what SD2.1 (the full-size ReferenceNet's init) was trained on
-FULL_SIZE_ONLY = ("svd", "sd21")  # left out of the saved config when empty: small runs resume as before
+# left out of a run's saved config at these values: runs saved before (small ones, older options) resume
+LEFT_OUT = {"autoencoder": "", "svd": "", "sd21": "", "init": "", "reference_frames": (0,)}
 
 
 @dataclass
 class VividPoseTaskConfig:
-    """One VividPose training. Exactly one of `autoencoder` (small model) and `svd` (full size). Left at
+    """One VividPose training. Exactly one of `autoencoder` or `init` (small model) and `svd` (full size). Left at
     None, `train_image_encoder`, `unet`, `pose_channels` and `pose_heads` take the size's defaults; with
-    `svd` the UNet is SVD-xt's (unet/config.json of the folder) and the CLIP encoder frozen."""
+    `svd` the UNet is SVD-xt's (unet/config.json of the folder) and the CLIP encoder frozen. `init`
+    continues a small model from its export (architecture, weights, bundled VAE and image encoder)."""
     data: str                                  # a prepared dataset folder (training.dataset)
     autoencoder: str = ""                      # the VAE: an autoencoder export of this trainer
+    init: str = ""                             # or a small VividPose export to continue from
     frames: int = 8
     drop_probability: float = 0.1
     noise_aug_strength: float = DEFAULT_NOISE_AUG
@@ -77,15 +81,17 @@ class VividPoseTaskConfig:
     pose_channels: tuple | None = None
     pose_heads: int | None = None
     validation_clip: str = ""                  # a clip of the dataset (default: the first held-out one)
+    reference_frames: tuple = (0,)             # the frames of a clip used as the reference image
     svd: str = ""                              # full size: the stable-video-diffusion-img2vid-xt folder
     sd21: str = ""                             # full size: SD2.1's UNet file for the ReferenceNet's init
 
     def __post_init__(self):
-        if bool(self.autoencoder) == bool(self.svd):
-            raise MarionetteError("VividPose training needs exactly one of an autoencoder (small model) and an "
-                                  "SVD-xt folder (full size).",
-                                  "Pass --autoencoder runs/ae/autoencoder.safetensors, or --svd "
-                                  "stable-video-diffusion-img2vid-xt [--sd21 FILE].")
+        if bool(self.autoencoder) + bool(self.svd) + bool(self.init) != 1:
+            raise MarionetteError("VividPose training needs exactly one of an autoencoder (small model), a small "
+                                  "model's export to continue from and an SVD-xt folder (full size).",
+                                  "Pass --autoencoder runs/ae/autoencoder.safetensors, --init "
+                                  "vividpose.safetensors, or --svd stable-video-diffusion-img2vid-xt [--sd21 FILE].")
+        self.reference_frames = tuple(int(r) for r in self.reference_frames)
         if self.sd21 and not self.svd:
             raise MarionetteError("--sd21 initialises the full-size ReferenceNet; the small model has none of "
                                   "SD2.1's size.", "Pass --svd FOLDER with it, or leave --sd21 out.")
@@ -119,7 +125,7 @@ class VividPoseTrainer(nn.Module):
         return self.vae.encode(images).latent_dist.mode()
 
     def forward(self, latents, reference, render, skeleton, noise, sigma, ref_noise, drop: bool, face=None):
-        """latents [B, F, 4, h, w]: the frames' raw VAE latents (`LatentWindows`); images uint8."""
+        """latents [B, F, C, h, w]: the frames' raw VAE latents (`LatentWindows`); images uint8."""
         batch, count = latents.shape[:2]
         x0 = latents.float() * self.scaling
         ref = signed_pixels(reference)
@@ -174,16 +180,18 @@ class VividPoseTask:
         self._vae, self._dataset = None, None
 
     def config(self) -> dict:
-        values = asdict(self.c)
-        return {k: v for k, v in values.items() if v or k not in FULL_SIZE_ONLY + ("autoencoder",)}
+        return saved_config(self.c, LEFT_OUT)
 
     def vividpose_config(self, scaling: float, svd_unet: dict | None = None, clip_mean=CLIP_MEAN,
-                         clip_std=CLIP_STD) -> VividPoseConfig:
+                         clip_std=CLIP_STD, latent_channels: int = 4) -> VividPoseConfig:
         """The architecture trained: the small UNet with this trainer's autoencoder (latent scale
-        `scaling`), or, full size, `svd_unet` (the SVD folder's unet/config.json) with SD2.1's scale."""
+        `scaling`, `latent_channels`), or, full size, `svd_unet` (the SVD folder's unet/config.json) with
+        SD2.1's scale."""
         c = self.c
         unet = copy.deepcopy(svd_unet if c.svd else c.unet)
         unet["num_frames"] = c.frames
+        if not c.svd:   # noisy + reference latents in, a latent out
+            unet["in_channels"], unet["out_channels"] = 2 * latent_channels, latent_channels
         extras = {"vae": "autoencoder trained by Marionette's trainer (bundled)",
                   "image_encoder": ("small CLIP ViT trained with the model (bundled)" if c.train_image_encoder
                                     else "small CLIP ViT, random and frozen (bundled)"),
@@ -208,16 +216,33 @@ class VividPoseTask:
             model = initialise_full_size(VividPose(config), base, self.c.sd21)
             self._vae = base.vae
             return VividPoseTrainer(model, base.vae, base.image_encoder, self.c)
+        if self.c.init:
+            return self._continued()
         vae = self._vae = load_autoencoder(self.c.autoencoder)
-        config = self.vividpose_config(float(vae.config.scaling_factor))
+        config = self.vividpose_config(float(vae.config.scaling_factor), latent_channels=vae.config.latent_channels)
         model = VividPose(config)
         encoder = small_image_encoder(config.context_dim)
         return VividPoseTrainer(model, vae, encoder, self.c)
 
+    def _continued(self) -> VividPoseTrainer:
+        """The small model of `init`, trainable, with its bundled VAE (frozen) and image encoder; its
+        architecture is the file's (the task's unet / pose options do not apply)."""
+        from ..vividpose.checkpoint import load_companions, load_vividpose
+        companions = load_companions(self.c.init)
+        if set(companions) != {"vae", "image_encoder"}:
+            raise MarionetteError(f"{os.path.basename(self.c.init)} does not bundle its VAE and image encoder.",
+                                  "Continue only from a small model's export (python -m models.training vividpose "
+                                  "--autoencoder ... writes one).")
+        model = load_vividpose(self.c.init).requires_grad_(True).train()
+        model.config.extras["init"] = os.path.basename(self.c.init)
+        self._vae = companions["vae"]
+        return VividPoseTrainer(model, self._vae, companions["image_encoder"].train(), self.c)
+
     def dataset(self):
         from .dataset import ClipDataset
         if self._dataset is None:
-            windows = ClipDataset(self.c.data, split=self.split, frames=self.c.frames, anchor=True)
+            windows = ClipDataset(self.c.data, split=self.split, frames=self.c.frames, anchor=True,
+                                  references=self.c.reference_frames)
             self._dataset = LatentWindows(windows, self._vae)
         return self._dataset
 
@@ -227,12 +252,12 @@ class VividPoseTask:
     def loss(self, module, batch: dict, keys: list[int], drop: bool) -> torch.Tensor:
         device = next(module.parameters()).device
         latents = batch["latents"].to(device)
-        b, f, _, lh, lw = latents.shape
+        b, f, channels, lh, lw = latents.shape
         h, w = batch["reference"].shape[1:3]
         noise, sigma, ref_noise = [], [], []
         for key in keys:
             g = sample_generator(key)
-            n, s = noise_and_sigma((f, 4, lh, lw), g)
+            n, s = noise_and_sigma((f, channels, lh, lw), g)
             noise.append(n)
             sigma.append(s)
             ref_noise.append(torch.randn((3, h, w), generator=g))
@@ -265,7 +290,7 @@ class VividPoseTask:
 
 
 class LatentWindows(torch.utils.data.Dataset):
-    """`ClipDataset` windows plus their frames' raw VAE latents ('latents' [F, 4, h, w]): the frozen VAE
+    """`ClipDataset` windows plus their frames' raw VAE latents ('latents' [F, C, h, w]): the frozen VAE
     encodes every clip once when the dataset is made, not every step."""
 
     def __init__(self, windows, vae: nn.Module, chunk: int = 16):

@@ -28,8 +28,8 @@ def reference_net_config_from_svd(unet: dict) -> dict:
     heads = unet["num_attention_heads"]
     heads = list(heads) if isinstance(heads, (list, tuple)) else [heads] * len(unet["block_out_channels"])
     return {
-        "in_channels": 4,
-        "out_channels": 4,
+        "in_channels": unet["out_channels"],   # the VAE's latent channels (4 for SVD's)
+        "out_channels": unet["out_channels"],
         "down_block_types": [kinds[k] for k in unet["down_block_types"]],
         "up_block_types": [kinds[k] for k in unet["up_block_types"]],
         "block_out_channels": list(unet["block_out_channels"]),
@@ -48,7 +48,7 @@ class VividPoseConfig:
     `unet`: the SVD UNet's diffusers config (`svd.configs`). `reference_net`: the SD2.1-layout UNet's
     (default: derived from `unet`). `identity`: whether the identity controller exists (off for models
     trained without ArcFace); `id_tokens` tokens of the CLIP width come out of its MLP. `pose_injection`:
-    "latent" adds f_pose (4 channels) to the noisy latent before `conv_in`; "conv_in" adds it (first block
+    "latent" adds f_pose (the latent's channels) to the noisy latent before `conv_in`; "conv_in" adds it (first block
     width) to `conv_in`'s output. `render_type`: the RenderGuidance map τ1 was trained on.
     `reference_latent_scale`: the ReferenceNet sees the reference latent times this (SD2.1 was trained on
     scaled latents; the SVD UNet's concatenated copy stays unscaled, as SVD). `extras`: free-form notes a
@@ -95,9 +95,14 @@ class VividPoseConfig:
         return int(self.unet["cross_attention_dim"])
 
     @property
+    def latent_channels(self) -> int:
+        """The VAE's latent channels (4 for SVD's): the UNet's output, half its input."""
+        return int(self.unet["out_channels"])
+
+    @property
     def pose_out_channels(self) -> int:
-        """Channels of f_pose: the noisy latent's 4, or the first block's width after conv_in."""
-        return 4 if self.pose_injection == "latent" else int(self.unet["block_out_channels"][0])
+        """Channels of f_pose: the noisy latent's, or the first block's width after conv_in."""
+        return self.latent_channels if self.pose_injection == "latent" else int(self.unet["block_out_channels"][0])
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

@@ -64,7 +64,7 @@ class VividPose(nn.Module):
 
     # ------------------------------------------------------------------------------------------ inputs
     def reference_features(self, latent: torch.Tensor, clip: torch.Tensor) -> dict[str, torch.Tensor]:
-        """f_r of the clean reference: latent [B, 4, h, w] as the SVD VAE gives it (unscaled, SVD's
+        """f_r of the clean reference: latent [B, 4, h, w] (C with another VAE) as the VAE gives it (unscaled, SVD's
         concatenated copy), clip [B, 1, C]."""
         return self.reference_net.reference_features(latent * self.config.reference_latent_scale, clip)
 
@@ -137,12 +137,13 @@ class VividPose(nn.Module):
         """The SVD UNet call with f_pose injected where the config says (see the module docstring)."""
         if pose_features is not None and self.config.pose_injection == "latent":
             batch, frames, _, height, width = sample.shape
-            expected = (batch * frames, 4, height, width)
+            channels = self.config.latent_channels
+            expected = (batch * frames, channels, height, width)
             if tuple(pose_features.shape) != expected:
                 raise MarionetteError(f"Pose features {tuple(pose_features.shape)} do not fit the noisy latent "
                                       f"{expected}.", "Run the pose controller on one render + skeleton per frame.")
-            noisy = sample[:, :, :4] + pose_features.to(sample.dtype).view(batch, frames, 4, height, width)
-            sample = torch.cat([noisy, sample[:, :, 4:]], dim=2)
+            noisy = sample[:, :, :channels] + pose_features.to(sample.dtype).view(batch, frames, channels, height, width)
+            sample = torch.cat([noisy, sample[:, :, channels:]], dim=2)
             pose_features = None
         return self.unet(sample, timestep, encoder_hidden_states, added_time_ids, pose_features=pose_features,
                          return_dict=return_dict)
