@@ -9,8 +9,8 @@ It reproduces the denoising loop of StableAnimator's `InferenceAnimationPipeline
 Inputs the caller prepares (as the official pipelines do):
 - `cond` / `uncond`: the UNet contexts (StableAnimator: `unet_context` / `null_unet_context`, 5 tokens;
   MimicMotion: the CLIP token / zeros). `uncond` may be None when CFG is 1 everywhere.
-- `ref_latent` [4, h, w] (`latent_channels` with another VAE): `vae.encode(image + noise_aug_strength * randn).latent_dist.mode()`, NOT multiplied
-  by the VAE scaling factor. The unconditional pass gets zeros in its place, and no pose.
+- `ref_latent` [4, h, w] (`latent_channels` with another VAE):
+  `vae.encode(image + noise_aug_strength * randn).latent_dist.mode()`, NOT multiplied by the VAE scaling factor. The unconditional pass gets zeros in its place, and no pose.
 - `pose_features` [F, C0, h, w]: PoseNet output per frame, or None.
 The result is in the UNet's latent space: divide by the VAE scaling factor (0.18215) before decoding.
 

@@ -302,8 +302,9 @@ class ClipDataset(torch.utils.data.Dataset):
     Items are (clip, start, reference) triples over every clip of the split, starts stepping by frames // 2;
     each item is a dict of uint8 tensors: frames / render / skeleton [F, H, W, 3], mask [F, H, W] when
     cached, reference [H, W, 3] (the clip's first frame unless `references` says otherwise), plus `clip`
-    (its position in `clips`) and `indices` (the frame numbers). `anchor=True` lays windows out as the SVD sampler does: the clip's frame 0
-    first, then F - 1 consecutive frames, so a model learns the windows it will be sampled in.
+    (its position in `clips`) and `indices` (the frame numbers). `anchor=True` lays windows out as the SVD
+    sampler does: the clip's frame 0 first, then F - 1 consecutive frames, so a model learns the windows
+    it will be sampled in.
     `references`: the frame numbers used as the reference image (each window once per reference the
     clip has, `reference_index` says which): other frames than the first teach a model to move the person
     from the reference's pose to poses of other moments, as Animate Anyone samples its references."""

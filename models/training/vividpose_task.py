@@ -1,11 +1,12 @@
 """Training VividPose: the EDM objective on clips of a prepared dataset (`training.dataset`).
 
 Per sample: F consecutive frames of a clip, the clip's first frame (or another of `reference_frames`) as
-the reference, and the frames' τ1 body renders and τ2 skeletons. The VAE (frozen) encodes the frames to x0 and the noise-augmented
-reference to the concatenated conditioning latent, as SVD; the image encoder gives the context; the
-ReferenceNet sees the clean reference latent. Conditioning dropout: with `drop_probability` a micro-step
-is unconditional in exactly the way the sampler's unconditional pass is (zero reference latent, zero
-context, no reference features, no pose), so classifier-free guidance has a trained negative.
+the reference, and the frames' τ1 body renders and τ2 skeletons. The VAE (frozen) encodes the frames to x0
+and the noise-augmented reference to the concatenated conditioning latent, as SVD; the image encoder gives
+the context; the ReferenceNet sees the clean reference latent. Conditioning dropout: with
+`drop_probability` a micro-step is unconditional in exactly the way the sampler's unconditional pass is
+(zero reference latent, zero context, no reference features, no pose), so classifier-free guidance has a
+trained negative.
 
 Trainable (the paper): the UNet, ReferenceNet, pose controller and identity controller; the VAE and,
 when it comes from SVD, the CLIP encoder are frozen. A small model trained without CLIP trains its own
@@ -64,8 +65,8 @@ LEFT_OUT = {"autoencoder": "", "svd": "", "sd21": "", "init": "", "reference_fra
 
 @dataclass
 class VividPoseTaskConfig:
-    """One VividPose training. Exactly one of `autoencoder` or `init` (small model) and `svd` (full size). Left at
-    None, `train_image_encoder`, `unet`, `pose_channels` and `pose_heads` take the size's defaults; with
+    """One VividPose training. Exactly one of `autoencoder` or `init` (small model) and `svd` (full size).
+    Left at None, `train_image_encoder`, `unet`, `pose_channels` and `pose_heads` take the size's defaults; with
     `svd` the UNet is SVD-xt's (unet/config.json of the folder) and the CLIP encoder frozen. `init`
     continues a small model from its export (architecture, weights, bundled VAE and image encoder)."""
     data: str                                  # a prepared dataset folder (training.dataset)

@@ -142,7 +142,8 @@ class VividPose(nn.Module):
             if tuple(pose_features.shape) != expected:
                 raise MarionetteError(f"Pose features {tuple(pose_features.shape)} do not fit the noisy latent "
                                       f"{expected}.", "Run the pose controller on one render + skeleton per frame.")
-            noisy = sample[:, :, :channels] + pose_features.to(sample.dtype).view(batch, frames, channels, height, width)
+            pose = pose_features.to(sample.dtype).view(batch, frames, channels, height, width)
+            noisy = sample[:, :, :channels] + pose
             sample = torch.cat([noisy, sample[:, :, channels:]], dim=2)
             pose_features = None
         return self.unet(sample, timestep, encoder_hidden_states, added_time_ids, pose_features=pose_features,
