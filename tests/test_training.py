@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from harness import ROOT
 from marionette.models.errors import MarionetteError
 from marionette.models.pipelines.svd_tiny import TINY_VAE
-from marionette.models.training.autoencoder import load_autoencoder, save_autoencoder
+from marionette.models.training.autoencoder import load_autoencoder, save_autoencoder, signed_pixels
 from marionette.models.training.edm import edm_loss, noise_and_sigma, sample_generator
 from marionette.models.training.engine import TrainSettings, global_batch, micro_slice, train
 
@@ -298,13 +298,14 @@ def test_an_autoencoder_with_more_latent_channels_trains_a_vividpose_that_sample
 
 def test_init_continues_a_small_model_from_its_export(tiny_data, tmp_path):
     """--init FILE: the continued run starts from exactly the export's weights (model and image encoder)
-    with its bundled autoencoder, and other reference frames than the first can be trained on."""
+    with its bundled autoencoder; other reference frames than the first and reordered colours train too."""
     from marionette.models.training.vividpose_task import VividPoseTask, VividPoseTaskConfig
     from marionette.models.vividpose.checkpoint import load_companions, load_vividpose
     data, ae = tiny_data
     export = train(tiny_task(data, ae), TrainSettings(output_dir=str(tmp_path / "first"), steps=1, batch_size=1),
                    progress=False)["export"]
-    task = VividPoseTask(VividPoseTaskConfig(data=data, init=export, frames=4, reference_frames=(0, 5)))
+    task = VividPoseTask(VividPoseTaskConfig(data=data, init=export, frames=4, reference_frames=(0, 5),
+                                             colour_orders=2))
     module = task.build()
     saved = load_vividpose(export).state_dict()
     assert all(torch.equal(value, saved[name]) for name, value in module.model.state_dict().items())
@@ -312,7 +313,12 @@ def test_init_continues_a_small_model_from_its_export(tiny_data, tmp_path):
     assert all(torch.equal(value, encoder[name]) for name, value in module.image_encoder.state_dict().items())
     assert all(p.requires_grad for p in module.model.parameters()) and module.model.training
     assert not any(p.requires_grad for p in module.vae.parameters())
-    assert {int(task.dataset()[i]["reference_index"]) for i in range(len(task.dataset()))} == {0, 5}
+    windows = task.dataset()
+    assert {(int(windows[i]["reference_index"]), int(windows[i]["colour_order"])) for i in range(len(windows))} \
+        == {(0, 0), (5, 0), (0, 1), (5, 1)}
+    item = windows[len(windows) - 1]   # colour order 1: its latents are those of its reordered frames
+    latent = module.vae.encode(signed_pixels(item["frames"])).latent_dist.mode()
+    assert torch.allclose(item["latents"], latent, atol=1e-5)
     result = train(task, TrainSettings(output_dir=str(tmp_path / "more"), steps=1, batch_size=1), progress=False)
     assert load_vividpose(result["export"]).config.extras["init"] == os.path.basename(export)
     with pytest.raises(MarionetteError, match="exactly one"):

@@ -6,10 +6,12 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
 from marionette.models.errors import MarionetteError
 from marionette.models.synthetic.video_set import HELDOUT_WEIGHT, clip_spec, render_video_set, write_video
-from marionette.models.training.dataset import ClipDataset, clip_path, load_clip, prepare_dataset, read_video
+from marionette.models.training.dataset import (COLOUR_ORDERS, ClipDataset, clip_path, load_clip, prepare_dataset,
+                                                read_video)
 
 W, H, T = 96, 128, 10
 NAMES = ["heldout_000", "train_000", "train_001"]
@@ -122,17 +124,17 @@ def test_windows_of_a_split(prepared):
     cache = prepared["cache"]
     data = ClipDataset(cache, "train", frames=4)
     assert data.clips == ["train_000", "train_001"]
-    assert len(data) == 8 and data.items[:4] == [("train_000", s, 0) for s in (0, 2, 4, 6)]
+    assert len(data) == 8 and data.items[:4] == [("train_000", s, 0, 0) for s in (0, 2, 4, 6)]
     clip = load_clip(cache, "train_001")
     item = data[5]   # train_001 from frame 2
     for key in ("frames", "render", "skeleton", "mask"):
         assert item[key].shape[0] == 4 and (item[key] == clip[key][2:6]).all(), key
     assert (item["reference"] == clip["frames"][0]).all() and int(item["reference_index"]) == 0
     strided = ClipDataset(cache, "train", frames=4, stride=3)   # spans 10 frames: one window per clip
-    assert strided.items == [("train_000", 0, 0), ("train_001", 0, 0)]
+    assert strided.items == [("train_000", 0, 0, 0), ("train_001", 0, 0, 0)]
     assert (strided[1]["render"] == clip["render"][0:10:3]).all()
     heldout = ClipDataset(cache, "heldout", frames=8)
-    assert heldout.clips == ["heldout_000"] and heldout.items == [("heldout_000", 0, 0)]
+    assert heldout.clips == ["heldout_000"] and heldout.items == [("heldout_000", 0, 0, 0)]
     assert len(ClipDataset(cache, "heldout", frames=T + 1)) == 0
 
 
@@ -144,15 +146,38 @@ def test_reference_frames_other_than_the_first(prepared):
     several = ClipDataset(cache, "train", frames=4, anchor=True, references=(0, 5, 10 * T))  # 10T: no clip has it
     assert len(several) == 2 * len(plain)
     clip = load_clip(cache, "train_001")
-    picks = [i for i, (name, _, ref) in enumerate(several.items) if name == "train_001" and ref == 5]
+    picks = [i for i, (name, _, ref, _) in enumerate(several.items) if name == "train_001" and ref == 5]
     item = several[picks[1]]
     assert int(item["reference_index"]) == 5 and (item["reference"] == clip["frames"][5]).all()
-    first = plain[[i for i, (name, _, _) in enumerate(plain.items) if name == "train_001"][1]]
+    first = plain[[i for i, item in enumerate(plain.items) if item[0] == "train_001"][1]]
     for key in ("frames", "render", "skeleton", "indices"):
         assert (item[key] == first[key]).all(), key
     assert item["indices"][0] == 0
     with pytest.raises(MarionetteError, match="reference"):
         ClipDataset(cache, "train", frames=4, references=(-1,))
+
+
+def test_colour_orders_reorder_the_frames_and_reference_not_the_guidance(prepared):
+    cache = prepared["cache"]
+    plain = ClipDataset(cache, "train", frames=4, references=(0, 3))
+    coloured = ClipDataset(cache, "train", frames=4, references=(0, 3), colour_orders=6)
+    assert len(coloured) == 6 * len(plain) and [i for i in coloured.items if i[3] == 0] == plain.items
+    orders = {}
+    for i, (name, start, ref, order) in enumerate(coloured.items):
+        if (name, start, ref) == plain.items[5][:3]:
+            orders[order] = coloured[i]
+    original = plain[5]
+    assert sorted(orders) == list(range(6)) and COLOUR_ORDERS[0] == (0, 1, 2)
+    for order, item in orders.items():
+        channels = list(COLOUR_ORDERS[order])
+        assert int(item["colour_order"]) == order
+        assert torch.equal(item["frames"], original["frames"][..., channels])
+        assert torch.equal(item["reference"], original["reference"][..., channels])
+        for key in ("render", "skeleton", "mask", "indices"):
+            assert torch.equal(item[key], original[key]), key
+    assert len({tuple(COLOUR_ORDERS[o]) for o in orders}) == 6
+    with pytest.raises(MarionetteError, match="colour orders"):
+        ClipDataset(cache, "train", frames=4, colour_orders=7)
 
 
 def test_a_face_embedder_adds_the_first_frames_embedding(prepared, tmp_path):

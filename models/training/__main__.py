@@ -79,6 +79,8 @@ def _parser() -> argparse.ArgumentParser:
     vp.add_argument("--validation-clip", default="")
     vp.add_argument("--reference-frames", default="0", type=_frame_numbers,
                     help="comma-separated frames of each clip used as the reference image (e.g. 0,8,16)")
+    vp.add_argument("--colour-orders", type=int, default=1,
+                    help="1..6: each window also seen with its frames' and reference's RGB channels reordered")
     _run_arguments(vp, {"steps": 4000, "batch_size": 2, "learning_rate": 3e-4, "ema_decay": 0.999,
                         "warmup_steps": 100, "save_every": 250, "validate_every": 500})
     ev = commands.add_parser("evaluate", help="self-reconstruction metrics of a VividPose checkpoint vs baselines")
@@ -137,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
             task = VividPoseTask(VividPoseTaskConfig(
                 data=args.data, autoencoder=args.autoencoder or "", init=args.init or "", svd=args.svd or "",
                 sd21=args.sd21, frames=args.frames, reference_frames=args.reference_frames,
+                colour_orders=args.colour_orders,
                 drop_probability=args.drop_probability, identity=args.identity,
                 validation_clip=args.validation_clip))
         result = train(task, settings, command, progress=args.progress)

@@ -17,6 +17,7 @@ A clip whose cache file holds the same settings is not prepared again, so a stop
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import time
@@ -34,6 +35,7 @@ SKELETON_STYLES = DRAW_STYLES  # as the DWPoseExtract / RenderGuidance nodes dra
 MEDIAPIPE_DIR = Path(__file__).resolve().parents[1] / "mediapipe"   # the embedded pose models
 SMOOTHING, FIT_ITERATIONS, TEMPORAL_SMOOTHING, DEPTH_RANGE = "light", 50, 1.0, "frame"
 MIN_PERSON_SHARE = 0.5   # a clip needs a person in at least this share of its frames
+COLOUR_ORDERS = tuple(itertools.permutations(range(3)))  # the 6 orders of the RGB channels, as-is first
 
 
 def clip_path(cache_dir, name: str) -> Path:
@@ -299,24 +301,30 @@ def load_clip(cache_dir, name: str) -> dict:
 class ClipDataset(torch.utils.data.Dataset):
     """Windows of `frames` frames (every `stride`-th frame) from the cached clips of one split.
 
-    Items are (clip, start, reference) triples over every clip of the split, starts stepping by frames // 2;
-    each item is a dict of uint8 tensors: frames / render / skeleton [F, H, W, 3], mask [F, H, W] when
+    Items are (clip, start, reference, colour order) over every clip of the split, starts stepping by
+    frames // 2; each item is a dict of uint8 tensors: frames / render / skeleton [F, H, W, 3], mask [F, H, W] when
     cached, reference [H, W, 3] (the clip's first frame unless `references` says otherwise), plus `clip`
     (its position in `clips`) and `indices` (the frame numbers). `anchor=True` lays windows out as the SVD
     sampler does: the clip's frame 0 first, then F - 1 consecutive frames, so a model learns the windows
     it will be sampled in.
     `references`: the frame numbers used as the reference image (each window once per reference the
     clip has, `reference_index` says which): other frames than the first teach a model to move the person
-    from the reference's pose to poses of other moments, as Animate Anyone samples its references."""
+    from the reference's pose to poses of other moments, as Animate Anyone samples its references.
+    `colour_orders` (1..6): each window also with the RGB channels of its frames and reference reordered
+    (`COLOUR_ORDERS`, `colour_order` says which; guidance maps untouched): new clothes and rooms from the
+    same clips, so a model learns to take colours from the reference instead of remembering them."""
 
     def __init__(self, cache_dir, split: str = "train", frames: int = 8, stride: int = 1, anchor: bool = False,
-                 references: tuple[int, ...] = (0,)):
+                 references: tuple[int, ...] = (0,), colour_orders: int = 1):
         references = tuple(int(r) for r in references)
-        if int(frames) < 1 + bool(anchor) or int(stride) < 1 or not references or min(references) < 0:
-            raise MarionetteError(f"Bad window: frames={frames}, stride={stride}, references={references}.",
-                                  "Use frames >= 1 (2 with the anchor frame), stride >= 1 and reference frame "
-                                  "numbers >= 0.")
+        if int(frames) < 1 + bool(anchor) or int(stride) < 1 or not references or min(references) < 0 \
+                or not 1 <= int(colour_orders) <= len(COLOUR_ORDERS):
+            raise MarionetteError(f"Bad window: frames={frames}, stride={stride}, references={references}, "
+                                  f"colour_orders={colour_orders}.",
+                                  "Use frames >= 1 (2 with the anchor frame), stride >= 1, reference frame "
+                                  f"numbers >= 0 and 1..{len(COLOUR_ORDERS)} colour orders.")
         self.cache_dir, self.frames, self.stride, self.anchor = Path(cache_dir), int(frames), int(stride), bool(anchor)
+        self.colour_orders = int(colour_orders)
         index = read_index(cache_dir)
         splits = index.get("splits", {})
         self.clips = [name for name in index["clips"] if splits.get(name, "train") == split]
@@ -326,8 +334,8 @@ class ClipDataset(torch.utils.data.Dataset):
         for name in self.clips:
             count = int((read_metadata(clip_path(cache_dir, name)) or {}).get("frames", 0))
             first = int(self.anchor)
-            self.items += [(name, start, ref) for ref in references if ref < count
-                           for start in range(first, count - span + 1, step)]
+            self.items += [(name, start, ref, order) for order in range(self.colour_orders)
+                           for ref in references if ref < count for start in range(first, count - span + 1, step)]
 
     def __len__(self) -> int:
         return len(self.items)
@@ -338,7 +346,7 @@ class ClipDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         from safetensors import safe_open
-        name, start, ref = self.items[i]
+        name, start, ref, order = self.items[i]
         indices = self.window(start)
         with safe_open(str(clip_path(self.cache_dir, name)), "pt") as f:
             keys = set(f.keys())
@@ -348,8 +356,12 @@ class ClipDataset(torch.utils.data.Dataset):
                     moving = f.get_slice(k)[indices[self.anchor]:indices[-1] + 1][::self.stride]
                     out[k] = torch.cat([f.get_slice(k)[0:1], moving]) if self.anchor else moving.contiguous()
             out["reference"] = f.get_slice("frames")[ref:ref + 1][0].contiguous()
+        if order:
+            channels = list(COLOUR_ORDERS[order])
+            out["frames"], out["reference"] = out["frames"][..., channels], out["reference"][..., channels]
         out["clip"] = torch.tensor(self.clips.index(name))
         out["reference_index"] = torch.tensor(ref)
+        out["colour_order"] = torch.tensor(order)
         out["indices"] = torch.tensor(indices)
         return out
 

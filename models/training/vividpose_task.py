@@ -60,7 +60,7 @@ SMALL_IMAGE_ENCODER = dict(hidden_size=64, intermediate_size=128, num_hidden_lay
 SMALL_POSE, FULL_POSE = ((16, 32, 64, 128), 4), ((16, 32, 96, 256), 8)  # (channels, heads)
 SD21_LATENT_SCALE = 0.18215  # what SD2.1 (the full-size ReferenceNet's init) was trained on
 # left out of a run's saved config at these values: runs saved before (small ones, older options) resume
-LEFT_OUT = {"autoencoder": "", "svd": "", "sd21": "", "init": "", "reference_frames": (0,)}
+LEFT_OUT = {"autoencoder": "", "svd": "", "sd21": "", "init": "", "reference_frames": (0,), "colour_orders": 1}
 
 
 @dataclass
@@ -83,6 +83,7 @@ class VividPoseTaskConfig:
     pose_heads: int | None = None
     validation_clip: str = ""                  # a clip of the dataset (default: the first held-out one)
     reference_frames: tuple = (0,)             # the frames of a clip used as the reference image
+    colour_orders: int = 1                     # RGB channel orders each window is also seen in (1..6)
     svd: str = ""                              # full size: the stable-video-diffusion-img2vid-xt folder
     sd21: str = ""                             # full size: SD2.1's UNet file for the ReferenceNet's init
 
@@ -243,7 +244,7 @@ class VividPoseTask:
         from .dataset import ClipDataset
         if self._dataset is None:
             windows = ClipDataset(self.c.data, split=self.split, frames=self.c.frames, anchor=True,
-                                  references=self.c.reference_frames)
+                                  references=self.c.reference_frames, colour_orders=self.c.colour_orders)
             self._dataset = LatentWindows(windows, self._vae)
         return self._dataset
 
@@ -292,24 +293,29 @@ class VividPoseTask:
 
 class LatentWindows(torch.utils.data.Dataset):
     """`ClipDataset` windows plus their frames' raw VAE latents ('latents' [F, C, h, w]): the frozen VAE
-    encodes every clip once when the dataset is made, not every step."""
+    encodes every clip (in each of the windows' colour orders) once when the dataset is made, not every step."""
 
     def __init__(self, windows, vae: nn.Module, chunk: int = 16):
-        from .dataset import load_clip
+        from .dataset import COLOUR_ORDERS, load_clip
         self.windows, self.latents = windows, []
         device = next(vae.parameters()).device
+
+        def encode(frames):
+            with torch.no_grad():
+                return torch.cat([vae.encode(signed_pixels(frames[i:i + chunk]).to(device)).latent_dist.mode()
+                                  .float().cpu() for i in range(0, len(frames), chunk)])
+
         for name in windows.clips:
             frames = load_clip(windows.cache_dir, name)["frames"]
-            with torch.no_grad():
-                self.latents.append(torch.cat([vae.encode(signed_pixels(frames[i:i + chunk]).to(device)).latent_dist.mode()
-                                               .float().cpu() for i in range(0, len(frames), chunk)]))
+            orders = COLOUR_ORDERS[:windows.colour_orders]
+            self.latents.append([encode(frames[..., list(order)]) for order in orders])
 
     def __len__(self) -> int:
         return len(self.windows)
 
     def __getitem__(self, i: int) -> dict:
         item = self.windows[i]
-        item["latents"] = self.latents[int(item["clip"])][item["indices"]]
+        item["latents"] = self.latents[int(item["clip"])][int(item["colour_order"])][item["indices"]]
         return item
 
 
