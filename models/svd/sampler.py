@@ -10,7 +10,8 @@ Inputs the caller prepares (as the official pipelines do):
 - `cond` / `uncond`: the UNet contexts (StableAnimator: `unet_context` / `null_unet_context`, 5 tokens;
   MimicMotion: the CLIP token / zeros). `uncond` may be None when CFG is 1 everywhere.
 - `ref_latent` [4, h, w] (`latent_channels` with another VAE):
-  `vae.encode(image + noise_aug_strength * randn).latent_dist.mode()`, NOT multiplied by the VAE scaling factor. The unconditional pass gets zeros in its place, and no pose.
+  `vae.encode(image + noise_aug_strength * randn).latent_dist.mode()`, NOT multiplied by the VAE scaling
+  factor. The unconditional pass gets zeros in its place, and no pose.
 - `pose_features` [F, C0, h, w]: PoseNet output per frame, or None.
 The result is in the UNet's latent space: divide by the VAE scaling factor (0.18215) before decoding.
 
@@ -37,7 +38,7 @@ from ..errors import MarionetteError
 from .schedule import (SIGMA_MAX, SIGMA_MIN, edm_scalings, euler_step, fusion_weights, guidance_scales,
                        init_noise_scale, karras_sigmas, tile_weights, tile_windows)
 
-LATENT_CHANNELS = 4  # SVD's VAE; a model trained on another VAE samples its reference latent's channels
+LATENT_CHANNELS = 4  # SVD's VAE; a model trained on another VAE passes its own `latent_channels`
 
 
 @dataclass(frozen=True)
@@ -159,9 +160,9 @@ def sample(unet: Callable, cond: torch.Tensor, uncond: torch.Tensor | None, ref_
            refine: Callable[[torch.Tensor, int, int], torch.Tensor] | None = None,
            frame_inputs: dict[str, torch.Tensor] | None = None,
            generator: torch.Generator | None = None, latent_channels: int = LATENT_CHANNELS) -> torch.Tensor:
-    """Denoise a video and return its latents [F, 4, h, w] (`latent_channels` for a model trained on another
-    VAE; float32, on `ref_latent`'s device, scaled as
-    the UNet sees them), all F frames including MimicMotion's anchor (drop it after decoding).
+    """Denoise a video and return its latents [F, 4, h, w] (float32, on `ref_latent`'s device, scaled as
+    the UNet sees them; `latent_channels` instead of 4 for a model trained on another VAE), all F frames
+    including MimicMotion's anchor (drop it after decoding).
 
     F is `pose_features.shape[0]`, or `num_frames` when there are no pose features. The UNet runs in the
     dtype of `cond`. `on_step(done, total, x0_preview)` is called after every step with the current
