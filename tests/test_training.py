@@ -322,4 +322,32 @@ def test_init_continues_a_small_model_from_its_export(tiny_data, tmp_path):
     result = train(task, TrainSettings(output_dir=str(tmp_path / "more"), steps=1, batch_size=1), progress=False)
     assert load_vividpose(result["export"]).config.extras["init"] == os.path.basename(export)
     with pytest.raises(MarionetteError, match="exactly one"):
-        VividPoseTaskConfig(data=data, init=export, autoencoder=ae)
+        VividPoseTaskConfig(data=data, init=export, svd=str(tmp_path))
+
+
+def test_a_decoder_fine_tuned_from_a_small_models_autoencoder_replaces_it(tiny_data, tmp_path):
+    """`autoencoder --init MODEL.safetensors --decoder-only` starts from the autoencoder a small VividPose
+    bundles; `vividpose --init MODEL --autoencoder NEW` then continues the model with that decoder (same
+    encoder, so the same latents); an autoencoder that encodes differently is refused."""
+    from marionette.models.training.autoencoder import AutoencoderTask, AutoencoderTaskConfig
+    from marionette.models.training.vividpose_task import VividPoseTask, VividPoseTaskConfig
+    from marionette.models.vividpose.checkpoint import load_companions
+    data, ae = tiny_data
+    model = train(tiny_task(data, ae), TrainSettings(output_dir=str(tmp_path / "model"), steps=1, batch_size=1),
+                  progress=False)["export"]
+    bundled = load_companions(model)["vae"].state_dict()
+    assert all(torch.equal(v, bundled[k]) for k, v in load_autoencoder(model).state_dict().items())
+    decoder = AutoencoderTask(AutoencoderTaskConfig(data=data, frames=2, init=model, decoder_only=True))
+    tuned = train(decoder, TrainSettings(output_dir=str(tmp_path / "decoder"), steps=1, batch_size=1,
+                                         learning_rate=1e-3, ema_decay=0.0), progress=False)["export"]
+    task = VividPoseTask(VividPoseTaskConfig(data=data, init=model, autoencoder=tuned, frames=4))
+    module = task.build()
+    new = load_autoencoder(tuned).state_dict()
+    assert all(torch.equal(v, new[k]) for k, v in module.vae.state_dict().items())
+    assert any(not torch.equal(new[k], bundled[k]) for k in new if k.startswith("decoder."))
+    from diffusers import AutoencoderKLTemporalDecoder
+    torch.manual_seed(1)
+    other = str(tmp_path / "other.safetensors")
+    save_autoencoder(AutoencoderKLTemporalDecoder(**TINY_VAE), other, load_autoencoder(ae).config.scaling_factor)
+    with pytest.raises(MarionetteError, match="encodes differently"):
+        VividPoseTask(VividPoseTaskConfig(data=data, init=model, autoencoder=other, frames=4)).build()

@@ -55,7 +55,8 @@ def _parser() -> argparse.ArgumentParser:
     ae = commands.add_parser("autoencoder", help="train the small autoencoder (models without SVD's VAE)")
     ae.add_argument("--data", required=True)
     ae.add_argument("--frames", type=int, default=4)
-    ae.add_argument("--init", default="", help="an autoencoder.safetensors to start from")
+    ae.add_argument("--init", default="", help="an autoencoder.safetensors (or a small VividPose file that bundles "
+                                               "one) to start from")
     ae.add_argument("--decoder-only", action="store_true",
                     help="train the decoder alone (the encoder, and so the latents, stay exactly as --init's)")
     ae.add_argument("--latent-channels", type=int, default=4, help="4 as SVD's VAE; more keep more detail")
@@ -64,10 +65,11 @@ def _parser() -> argparse.ArgumentParser:
 
     vp = commands.add_parser("vividpose", help="train VividPose")
     vp.add_argument("--data", required=True)
-    size = vp.add_mutually_exclusive_group(required=True)
+    size = vp.add_mutually_exclusive_group()
     size.add_argument("--autoencoder", help="small model: autoencoder.safetensors of an `autoencoder` run")
-    size.add_argument("--init", help="small model: continue from a small VividPose export (its architecture, "
-                                     "weights, bundled autoencoder and image encoder)")
+    vp.add_argument("--init", help="small model: continue from a small VividPose export (its architecture, "
+                                   "weights, bundled autoencoder and image encoder; with --autoencoder, that one "
+                                   "replaces the bundled one, which needs the same encoder)")
     size.add_argument("--svd", help="full size: the stable-video-diffusion-img2vid-xt diffusers folder (UNet init, "
                                     "frozen VAE and CLIP image encoder)")
     vp.add_argument("--sd21", default="", help="full size: Stable Diffusion 2.1's UNet (diffusers "

@@ -142,17 +142,23 @@ def save_autoencoder(vae: nn.Module, path: str, scaling_factor: float, metadata:
 
 
 def load_autoencoder(path: str, dtype: torch.dtype = torch.float32) -> nn.Module:
-    """An autoencoder export (strict), eval, frozen."""
+    """An autoencoder export, or the autoencoder a small VividPose export bundles (strict), eval, frozen."""
     from diffusers import AutoencoderKLTemporalDecoder
     from safetensors import safe_open
+    from ..vividpose.checkpoint import companion_specs, load_companions
+    from ..vividpose.config import FORMAT as VIVIDPOSE_FORMAT
     if not os.path.isfile(path):
         raise MarionetteError(f"The autoencoder {path} does not exist.",
                               "Train it first: python -m models.training autoencoder --data CACHE --output-dir DIR.")
     with safe_open(path, framework="pt", device="cpu") as handle:
         metadata = handle.metadata() or {}
-        if metadata.get("format") != FORMAT:
-            raise MarionetteError(f"{os.path.basename(path)} is not an autoencoder export of Marionette's trainer.",
-                                  "Pass the autoencoder.safetensors an `autoencoder` run wrote.")
+    if metadata.get("format") == VIVIDPOSE_FORMAT and "vae" in companion_specs(path):
+        return load_companions(path, dtype)["vae"]
+    if metadata.get("format") != FORMAT:
+        raise MarionetteError(f"{os.path.basename(path)} is not an autoencoder export of Marionette's trainer.",
+                              "Pass the autoencoder.safetensors an `autoencoder` run wrote (or a small VividPose "
+                              "file that bundles its autoencoder).")
+    with safe_open(path, framework="pt", device="cpu") as handle:
         state = {k: handle.get_tensor(k) for k in handle.keys()}
     with torch.device("meta"):
         vae = AutoencoderKLTemporalDecoder.from_config(json.loads(metadata["config"]))

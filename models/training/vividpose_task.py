@@ -65,10 +65,12 @@ LEFT_OUT = {"autoencoder": "", "svd": "", "sd21": "", "init": "", "reference_fra
 
 @dataclass
 class VividPoseTaskConfig:
-    """One VividPose training. Exactly one of `autoencoder` or `init` (small model) and `svd` (full size).
+    """One VividPose training. Exactly one of `autoencoder` and/or `init` (small model) and `svd` (full size).
     Left at None, `train_image_encoder`, `unet`, `pose_channels` and `pose_heads` take the size's defaults; with
     `svd` the UNet is SVD-xt's (unet/config.json of the folder) and the CLIP encoder frozen. `init`
-    continues a small model from its export (architecture, weights, bundled VAE and image encoder)."""
+    continues a small model from its export (architecture, weights, bundled VAE and image encoder); with
+    `autoencoder` too, that VAE replaces the bundled one, which needs the same encoder (e.g. a decoder-only
+    fine-tune of it): the latents the model learnt stay the same."""
     data: str                                  # a prepared dataset folder (training.dataset)
     autoencoder: str = ""                      # the VAE: an autoencoder export of this trainer
     init: str = ""                             # or a small VividPose export to continue from
@@ -88,10 +90,10 @@ class VividPoseTaskConfig:
     sd21: str = ""                             # full size: SD2.1's UNet file for the ReferenceNet's init
 
     def __post_init__(self):
-        if bool(self.autoencoder) + bool(self.svd) + bool(self.init) != 1:
-            raise MarionetteError("VividPose training needs exactly one of an autoencoder (small model), a small "
-                                  "model's export to continue from and an SVD-xt folder (full size).",
-                                  "Pass --autoencoder runs/ae/autoencoder.safetensors, --init "
+        if bool(self.autoencoder or self.init) == bool(self.svd):
+            raise MarionetteError("VividPose training needs exactly one of an autoencoder or a small model's export "
+                                  "to continue from (small model) and an SVD-xt folder (full size).",
+                                  "Pass --autoencoder runs/ae/autoencoder.safetensors and/or --init "
                                   "vividpose.safetensors, or --svd stable-video-diffusion-img2vid-xt [--sd21 FILE].")
         self.reference_frames = tuple(int(r) for r in self.reference_frames)
         if self.sd21 and not self.svd:
@@ -154,6 +156,20 @@ class VividPoseTrainer(nn.Module):
         sample = torch.cat([scaled, cond_latent.to(scaled.dtype)], dim=2)
         v = model(sample, c_noise, context, time_ids, pose_features=pose)[0]
         return edm_loss(v, noisy, x0, sigma)
+
+
+def _check_same_latents(bundled: nn.Module, vae: nn.Module, path: str, init: str) -> None:
+    """`vae` must encode exactly as `bundled` (encoder, quant_conv, scaling factor all equal)."""
+    ours, theirs = vae.state_dict(), bundled.state_dict()
+    encoder = [k for k in theirs if k.startswith(("encoder.", "quant_conv."))]
+    same = float(vae.config.scaling_factor) == float(bundled.config.scaling_factor) and all(
+        k in ours and ours[k].shape == theirs[k].shape and torch.equal(ours[k].float(), theirs[k].float())
+        for k in encoder)
+    if not same:
+        raise MarionetteError(f"{os.path.basename(path)} encodes differently from the autoencoder "
+                              f"{os.path.basename(init)} was trained with.",
+                              "Pass an autoencoder whose encoder is that one (a --decoder-only fine-tune of it), "
+                              "or leave --autoencoder out.")
 
 
 def _train_size(data: str) -> str:
@@ -238,6 +254,9 @@ class VividPoseTask:
         model = load_vividpose(self.c.init).requires_grad_(True).train()
         model.config.extras["init"] = os.path.basename(self.c.init)
         self._vae = companions["vae"]
+        if self.c.autoencoder:
+            self._vae = load_autoencoder(self.c.autoencoder)
+            _check_same_latents(companions["vae"], self._vae, self.c.autoencoder, self.c.init)
         return VividPoseTrainer(model, self._vae, companions["image_encoder"].train(), self.c)
 
     def dataset(self):
