@@ -135,7 +135,9 @@ def test_a_checkpoint_that_bundles_its_vae_and_image_encoder_needs_no_svd_folder
     prompt["10"]["inputs"]["checkpoint"] = "vividpose_bundled.safetensors"
     bundled = comfy_host.run(prompt)
     assert tiny.success and bundled.success, bundled.error
-    assert (bundled.output("11", 1)["samples"] - tiny.output("11", 1)["samples"]).abs().max() < 1e-4
+    # the same weights on both paths: float rounding, amplified over 25 steps of a random network, reaches
+    # 7e-4 on some CPUs (1e-7 typical); the SVD folder's VAE or encoder in their place would differ by far more
+    assert (bundled.output("11", 1)["samples"] - tiny.output("11", 1)["samples"]).abs().max() < 5e-3
 
 
 def test_other_files_are_refused_by_the_loader(comfy_host, synthetic_media, model_dirs):
