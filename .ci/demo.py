@@ -6,8 +6,8 @@ Pose extraction, Champ's guidance maps and VividPose (on the small model the pac
 synthetic people at 96x128) need no downloads and run as shipped: their videos are the real thing. The
 other generative graphs (Champ, MimicMotion, StableAnimator with HJB, DisPose, Animate Anyone) run as
 shipped when their weights are found (in your ComfyUI's model folders, given with --comfyui); otherwise
-on untrained tiny models, small and with 2 steps, which proves the graphs run end to end but not the look. ComfyUI's
-own log goes to OUTPUT_FOLDER/comfyui.log; the terminal shows the demo's lines only.
+on untrained tiny models, small and with 2 steps, which proves the graphs run end to end but not the look.
+ComfyUI's own log goes to OUTPUT_FOLDER/comfyui.log; the terminal shows the demo's lines only.
 """
 import argparse
 import json

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..models.pose.draw import DRAW_STYLES
 from .body import load_model
 from .combos import DRAW_STYLE, Combo, validate
 from .host import Progress, preview_ui, to_image_tensor, to_mask_tensor
-from ..models.pose.draw import DRAW_STYLES
 from .socket_types import BODY_SEQUENCE
 
 MAPS = ("depth", "normal", "semantic", "dense", "mask")

@@ -152,14 +152,13 @@ def load_autoencoder(path: str, dtype: torch.dtype = torch.float32) -> nn.Module
                               "Train it first: python -m models.training autoencoder --data CACHE --output-dir DIR.")
     with safe_open(path, framework="pt", device="cpu") as handle:
         metadata = handle.metadata() or {}
+        state = {k: handle.get_tensor(k) for k in handle.keys()} if metadata.get("format") == FORMAT else None
     if metadata.get("format") == VIVIDPOSE_FORMAT and "vae" in companion_specs(path):
         return load_companions(path, dtype)["vae"]
-    if metadata.get("format") != FORMAT:
+    if state is None:
         raise MarionetteError(f"{os.path.basename(path)} is not an autoencoder export of Marionette's trainer.",
                               "Pass the autoencoder.safetensors an `autoencoder` run wrote (or a small VividPose "
                               "file that bundles its autoencoder).")
-    with safe_open(path, framework="pt", device="cpu") as handle:
-        state = {k: handle.get_tensor(k) for k in handle.keys()}
     with torch.device("meta"):
         vae = AutoencoderKLTemporalDecoder.from_config(json.loads(metadata["config"]))
     return strict_fill(vae, state, "autoencoder", path, "Pass the autoencoder.safetensors of a finished run.", dtype)
