@@ -5,7 +5,8 @@
                                              [--precision no|bf16|fp16] [--configs small tiny]
 
 small: `vividpose_task.small_unet_config`, 96x128, 8 frames, batch 2, its own small autoencoder and image
-encoder; tiny: the test model (`tiny_unet_config`), 32x48, 4 frames, batch 2. The data are synthetic
+encoder; small-patch: the same on a 16-channel patch latent (`patch-latent`, no autoencoder); tiny: the test
+model (`tiny_unet_config`), 32x48, 4 frames, batch 2. The data are synthetic
 random windows with the item layout of `ClipDataset` + `LatentWindows` (uint8 frames / renders /
 skeletons / reference, float latents), so only the training itself is measured; the autoencoders are
 random ones saved with `save_autoencoder`. A step's time is the time between the gradients of successive
@@ -25,6 +26,7 @@ import harness  # noqa: E402,F401  (the `marionette` library alias)
 # name: (unet config, pose (channels, heads), autoencoder config, width, height, frames, batch)
 CONFIGS = {
     "small": ("small", None, "small", 96, 128, 8, 2),
+    "small-patch": ("small", None, "patch", 96, 128, 8, 2),
     "tiny": ("tiny", ((8, 16, 16, 32), 2), "tiny", 32, 48, 4, 2),
 }
 
@@ -32,12 +34,12 @@ CONFIGS = {
 class SyntheticWindows(torch.utils.data.Dataset):
     """`count` random training windows as `LatentWindows` yields them."""
 
-    def __init__(self, count: int, frames: int, width: int, height: int, seed: int = 0):
+    def __init__(self, count: int, frames: int, width: int, height: int, channels: int, seed: int = 0):
         g = torch.Generator().manual_seed(seed)
         image = lambda *shape: torch.randint(0, 256, shape, generator=g, dtype=torch.uint8)  # noqa: E731
         self.items = [{"frames": image(frames, height, width, 3), "render": image(frames, height, width, 3),
                        "skeleton": image(frames, height, width, 3), "reference": image(height, width, 3),
-                       "latents": torch.randn(frames, 4, height // 8, width // 8, generator=g),
+                       "latents": torch.randn(frames, channels, height // 8, width // 8, generator=g),
                        "clip": torch.tensor(i), "indices": torch.arange(frames)} for i in range(count)]
 
     def __len__(self) -> int:
@@ -54,15 +56,18 @@ def make_task(name: str, folder: str):
     from marionette.models.svd.configs import tiny_unet_config
     from marionette.models.training.autoencoder import SMALL_VAE, save_autoencoder
     from marionette.models.training.vividpose_task import VividPoseTask, VividPoseTaskConfig, small_unet_config
+    from marionette.models.vividpose.patch_latent import PatchLatent
     unet, pose, vae, width, height, frames, batch = CONFIGS[name]
     ae = os.path.join(folder, f"{name}_ae.safetensors")
     torch.manual_seed(0)
-    save_autoencoder(AutoencoderKLTemporalDecoder(**(SMALL_VAE if vae == "small" else TINY_VAE)), ae, 1.0)
+    latent = (PatchLatent(16) if vae == "patch"
+              else AutoencoderKLTemporalDecoder(**(SMALL_VAE if vae == "small" else TINY_VAE)))
+    save_autoencoder(latent, ae, 1.0)
     channels, heads = pose or (None, None)
     config = VividPoseTaskConfig(data=folder, autoencoder=ae, frames=frames, drop_probability=0.1,
                                  unet=small_unet_config(frames) if unet == "small" else tiny_unet_config(),
                                  pose_channels=channels, pose_heads=heads)
-    data = SyntheticWindows(4 * batch, frames, width, height)
+    data = SyntheticWindows(4 * batch, frames, width, height, latent.config.latent_channels)
 
     class Task(VividPoseTask):
         def dataset(self):

@@ -296,6 +296,44 @@ def test_an_autoencoder_with_more_latent_channels_trains_a_vividpose_that_sample
     assert video.shape == (3, 48, 32, 3) and torch.isfinite(video).all()
 
 
+def test_the_patch_latent_is_the_training_patches_pca_and_trains_a_vividpose(tiny_data, tmp_path):
+    """`patch-latent`: the K principal components of the training frames' 8x8 patches (checked against numpy's
+    SVD of the patches cut out independently), scaled to unit latent std; `vividpose --autoencoder` takes
+    the file like a trained autoencoder's, the UNet and pose features follow its 16 channels, the export
+    bundles it and samples."""
+    import numpy as np
+    from marionette.models.pipelines.vividpose import load_vividpose_animation
+    from marionette.models.training.__main__ import main
+    from marionette.models.training.dataset import load_clip, read_index
+    from marionette.models.training.patch_latent import FRAME_STRIDE
+    from marionette.models.training.validation import reconstruct_clip
+    data, _ = tiny_data
+    path = str(tmp_path / "patch.safetensors")
+    assert main(["patch-latent", "--data", data, "--output", path, "--components", "16"]) == 0
+    latent = load_autoencoder(path)
+    index = read_index(data)
+    frames = np.concatenate([load_clip(data, n)["frames"].numpy()[::FRAME_STRIDE] for n in index["clips"]
+                             if index["splits"][n] == "train"]).astype(np.float64) / 127.5 - 1
+    n, h, w, _ = frames.shape
+    patches = frames.reshape(n, h // 8, 8, w // 8, 8, 3).transpose(0, 1, 3, 5, 2, 4).reshape(-1, 192)  # (c, i, j)
+    centred = patches - patches.mean(0)
+    _, singular, right = np.linalg.svd(centred, full_matrices=False)
+    basis = latent.basis.detach().double().numpy().reshape(16, 192)
+    assert np.allclose(basis @ basis.T, np.eye(16), atol=1e-6)
+    assert np.allclose(basis.T @ basis, right[:16].T @ right[:16], atol=1e-5)   # the same subspace
+    assert np.allclose(latent.mean.detach().numpy().ravel(), patches.mean(0), atol=1e-6)
+    std = np.sqrt((singular[:16] ** 2).sum() / (len(patches) - 1) / 16)
+    assert latent.config.scaling_factor == pytest.approx(1 / std, rel=1e-6)
+    export = train(tiny_task(data, path), TrainSettings(output_dir=str(tmp_path / "vp"), steps=1, batch_size=1),
+                   progress=False)["export"]
+    net = load_vividpose_animation(export, None, torch.float32)
+    unet = net.model.config.unet
+    assert (unet["in_channels"], unet["out_channels"]) == (32, 16) and net.model.config.pose_out_channels == 16
+    assert "16 principal components of 8x8 patches" in net.model.config.extras["vae"]
+    video = reconstruct_clip(net, load_clip(data, "heldout_000"), 3, steps=2)
+    assert video.shape == (3, 48, 32, 3) and torch.isfinite(video).all()
+
+
 def test_init_continues_a_small_model_from_its_export(tiny_data, tmp_path):
     """--init FILE: the continued run starts from exactly the export's weights (model and image encoder)
     with its bundled autoencoder; other reference frames than the first and reordered colours train too."""

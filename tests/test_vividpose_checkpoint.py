@@ -157,3 +157,37 @@ def test_full_size_reference_net_has_sd21s_tensors_and_lines_up_with_svd_xt():
     assert ours == {k: tuple(v.shape) for k, v in sd21.state_dict().items()}
     unet_layers = {n: m for n, m in model.unet.named_modules() if n.endswith(".attn1") and ".transformer_blocks." in n}
     assert len(unet_layers) == 16
+
+
+
+def test_a_bundled_patch_latent_round_trips_and_non_orthonormal_patterns_are_refused(tmp_path):
+    """All 192 patterns of 8x8 patches, left as the identity, are torch's pixel unshuffle / shuffle (the
+    independent reference); bundled like a VAE it loads back as it was; patterns that are not orthonormal
+    would not invert, so loading refuses them."""
+    from marionette.models.vividpose.checkpoint import load_companions
+    from marionette.models.vividpose.patch_latent import PatchLatent
+    latent = PatchLatent(192, 8, scaling_factor=2.5)
+    x = torch.rand(3, 3, 48, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    z = latent.encode(x).latent_dist.mode()
+    assert torch.equal(z, torch.nn.PixelUnshuffle(8)(x)) and z.shape == (3, 192, 6, 4)
+    assert torch.equal(latent.decode(z, num_frames=3).sample, x)
+    with torch.no_grad():
+        latent.mean.fill_(0.25)
+    model = tiny_vividpose(1, tiny_config(identity=False))
+    path = tmp_path / "patch.safetensors"
+    save_vividpose(model, path, companions={"vae": latent}, dtype=torch.float16)
+    loaded = load_companions(path, torch.float16)["vae"]
+    assert isinstance(loaded, PatchLatent) and loaded.config.scaling_factor == 2.5
+    half = x.half()
+    assert torch.allclose(loaded.encode(half).latent_dist.mode(), torch.nn.PixelUnshuffle(8)(half) - 0.25)
+    decoded = loaded.decode(loaded.encode(half).latent_dist.mode()).sample
+    assert torch.allclose(decoded, half, atol=1e-3)  # fp16 rounding of the mean patch
+    state = load_file(str(path))
+    state["vae.basis"][0] *= 2
+    save_file(state, str(path), metadata=read_metadata(path))
+    with pytest.raises(MarionetteError, match="not orthonormal"):
+        load_companions(path)
+    with pytest.raises(MarionetteError, match="multiples of 8"):
+        latent.encode(torch.zeros(1, 3, 20, 16))
+    with pytest.raises(MarionetteError, match="1..192 components"):
+        PatchLatent(193, 8)

@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from ..errors import MarionetteError
-from ..svd.conditioning import CLIP_MEAN, CLIP_STD, clip_image_embedding, images_to_nchw, reference_latent
+from ..svd.conditioning import (CLIP_MEAN, CLIP_STD, clip_image_embedding, images_to_nchw, reference_latent,
+                                vae_downsampling)
 from ..svd.sampler import SamplerSettings, sample, seeded_generator
 from ..vividpose.model import VividPose
 from .svd_animation import AnimationResult, check_sizes, decode_video
@@ -69,8 +70,7 @@ class _Denoiser:
 
 def size_multiple(net: VividPoseAnimation) -> int:
     """What both sides of the video must be a multiple of: the VAE's downsampling times the UNet's."""
-    vae = 2 ** (len(net.vae.config.block_out_channels) - 1)
-    return vae * 2 ** (len(net.model.config.unet["block_out_channels"]) - 1)
+    return vae_downsampling(net.vae) * 2 ** (len(net.model.config.unet["block_out_channels"]) - 1)
 
 
 def _face_tokens(model: VividPose, face_embedding, clip: torch.Tensor) -> torch.Tensor | None:

@@ -100,8 +100,11 @@ def clip_image_embedding(image_encoder, images, mean=CLIP_MEAN, std=CLIP_STD) ->
 
 
 # -------------------------------------------------------------------------------------------- VAE
-def _vae_scale(vae) -> int:
-    return 2 ** (len(vae.config.block_out_channels) - 1)
+def vae_downsampling(vae) -> int:
+    """Pixels per latent cell: 8 for SVD's VAE (2 ** (levels - 1)); a VAE that is no such stack (the pixel
+    latent) states it in its config."""
+    stated = vae.config.get("downsampling")
+    return int(stated) if stated else 2 ** (len(vae.config.block_out_channels) - 1)
 
 
 @contextlib.contextmanager
@@ -131,7 +134,7 @@ def reference_latent(vae, images, num_frames: int, noise_aug_strength: float = D
     if int(num_frames) < 1:
         raise MarionetteError(f"num_frames must be at least 1, got {num_frames}.", "Ask for one or more frames.")
     x = images_to_nchw(images)
-    scale = _vae_scale(vae)
+    scale = vae_downsampling(vae)
     if x.shape[-2] % scale or x.shape[-1] % scale:
         raise MarionetteError(
             f"The reference is {x.shape[-1]}x{x.shape[-2]}; the VAE needs both sides to be multiples of {scale}.",

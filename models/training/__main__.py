@@ -63,6 +63,13 @@ def _parser() -> argparse.ArgumentParser:
     _run_arguments(ae, {"steps": 2000, "batch_size": 4, "learning_rate": 1e-3, "ema_decay": 0.0,
                         "save_every": 250, "validate_every": 250})
 
+    pl = commands.add_parser("patch-latent", help="fit the fixed patch latent (principal components of the training "
+                                                  "frames' patches), an alternative to training an autoencoder")
+    pl.add_argument("--data", required=True)
+    pl.add_argument("--output", required=True, help="the .safetensors to write (pass it to vividpose --autoencoder)")
+    pl.add_argument("--components", type=int, default=16, help="latent channels: principal components kept")
+    pl.add_argument("--factor", type=int, default=8, help="patch size: the latent's downsampling (8 as SVD's VAE)")
+
     vp = commands.add_parser("vividpose", help="train VividPose")
     vp.add_argument("--data", required=True)
     size = vp.add_mutually_exclusive_group()
@@ -128,6 +135,14 @@ def main(argv: list[str] | None = None) -> int:
             summary = evaluate_checkpoint(args.model, args.data, args.split, args.frames, args.steps, args.cfg,
                                           out=args.out)
             print(table(summary))
+            return 0
+        if args.command == "patch-latent":
+            from .patch_latent import write_patch_latent
+            from .vividpose_task import check_data
+            check_data(args.data)
+            latent = write_patch_latent(args.data, args.output, args.components, args.factor, {"command": command})
+            print(f"{args.output}: {args.components} components of {args.factor}x{args.factor} patches, scaling factor "
+                  f"{latent.config.scaling_factor:.4f}")
             return 0
         settings = settings_from_args(args, args.output_dir)
         if args.command == "autoencoder":

@@ -137,15 +137,16 @@ def save_autoencoder(vae: nn.Module, path: str, scaling_factor: float, metadata:
     config = dict(vae.config)
     config["scaling_factor"] = float(scaling_factor)
     config = {k: v for k, v in config.items() if not k.startswith("_")}
-    info = dict(metadata or {}, format=FORMAT, config=json.dumps(config, sort_keys=True, default=list))
+    info = dict(metadata or {}, format=FORMAT, config=json.dumps(config, sort_keys=True, default=list),
+                **{"class": type(vae).__name__})
     save_file({k: v.detach().cpu().contiguous() for k, v in vae.state_dict().items()}, path, metadata=info)
 
 
 def load_autoencoder(path: str, dtype: torch.dtype = torch.float32) -> nn.Module:
-    """An autoencoder export, or the autoencoder a small VividPose export bundles (strict), eval, frozen."""
-    from diffusers import AutoencoderKLTemporalDecoder
+    """An autoencoder export (or a fitted patch latent), or the autoencoder a small VividPose export bundles
+    (strict), eval, frozen."""
     from safetensors import safe_open
-    from ..vividpose.checkpoint import companion_specs, load_companions
+    from ..vividpose.checkpoint import build_companion, companion_specs, load_companions
     from ..vividpose.config import FORMAT as VIVIDPOSE_FORMAT
     if not os.path.isfile(path):
         raise MarionetteError(f"The autoencoder {path} does not exist.",
@@ -159,6 +160,10 @@ def load_autoencoder(path: str, dtype: torch.dtype = torch.float32) -> nn.Module
         raise MarionetteError(f"{os.path.basename(path)} is not an autoencoder export of Marionette's trainer.",
                               "Pass the autoencoder.safetensors an `autoencoder` run wrote (or a small VividPose "
                               "file that bundles its autoencoder).")
+    spec = {"class": metadata.get("class", "AutoencoderKLTemporalDecoder"), "config": json.loads(metadata["config"])}
     with torch.device("meta"):
-        vae = AutoencoderKLTemporalDecoder.from_config(json.loads(metadata["config"]))
-    return strict_fill(vae, state, "autoencoder", path, "Pass the autoencoder.safetensors of a finished run.", dtype)
+        vae = build_companion("vae", spec)
+    vae = strict_fill(vae, state, "autoencoder", path, "Pass the autoencoder.safetensors of a finished run.", dtype)
+    if hasattr(vae, "check_basis"):
+        vae.check_basis(os.path.basename(path))
+    return vae

@@ -158,11 +158,19 @@ class VividPoseTrainer(nn.Module):
         return edm_loss(v, noisy, x0, sigma)
 
 
+def _vae_note(vae: nn.Module) -> str:
+    if type(vae).__name__ != "PatchLatent":
+        return ""
+    c = vae.config
+    return f"patch latent: {c.components} principal components of {c.factor}x{c.factor} patches (fixed, bundled)"
+
+
 def _check_same_latents(bundled: nn.Module, vae: nn.Module, path: str, init: str) -> None:
     """`vae` must encode exactly as `bundled` (encoder, quant_conv, scaling factor all equal)."""
     ours, theirs = vae.state_dict(), bundled.state_dict()
     encoder = [k for k in theirs if k.startswith(("encoder.", "quant_conv."))]
-    same = float(vae.config.scaling_factor) == float(bundled.config.scaling_factor) and all(
+    same = type(vae) is type(bundled) and float(vae.config.scaling_factor) == float(
+        bundled.config.scaling_factor) and all(
         k in ours and ours[k].shape == theirs[k].shape and torch.equal(ours[k].float(), theirs[k].float())
         for k in encoder)
     if not same:
@@ -201,16 +209,16 @@ class VividPoseTask:
         return saved_config(self.c, LEFT_OUT)
 
     def vividpose_config(self, scaling: float, svd_unet: dict | None = None, clip_mean=CLIP_MEAN,
-                         clip_std=CLIP_STD, latent_channels: int = 4) -> VividPoseConfig:
+                         clip_std=CLIP_STD, latent_channels: int = 4, vae_note: str = "") -> VividPoseConfig:
         """The architecture trained: the small UNet with this trainer's autoencoder (latent scale
         `scaling`, `latent_channels`), or, full size, `svd_unet` (the SVD folder's unet/config.json) with
-        SD2.1's scale."""
+        SD2.1's scale. `vae_note`: how the bundled VAE was made."""
         c = self.c
         unet = copy.deepcopy(svd_unet if c.svd else c.unet)
         unet["num_frames"] = c.frames
         if not c.svd:   # noisy + reference latents in, a latent out
             unet["in_channels"], unet["out_channels"] = 2 * latent_channels, latent_channels
-        extras = {"vae": "autoencoder trained by Marionette's trainer (bundled)",
+        extras = {"vae": vae_note or "autoencoder trained by Marionette's trainer (bundled)",
                   "image_encoder": ("small CLIP ViT trained with the model (bundled)" if c.train_image_encoder
                                     else "small CLIP ViT, random and frozen (bundled)"),
                   "identity": "on (ArcFace antelopev2)" if c.identity else "off: trained without ArcFace",
@@ -237,7 +245,8 @@ class VividPoseTask:
         if self.c.init:
             return self._continued()
         vae = self._vae = load_autoencoder(self.c.autoencoder)
-        config = self.vividpose_config(float(vae.config.scaling_factor), latent_channels=vae.config.latent_channels)
+        config = self.vividpose_config(float(vae.config.scaling_factor), latent_channels=vae.config.latent_channels,
+                                       vae_note=_vae_note(vae))
         model = VividPose(config)
         encoder = small_image_encoder(config.context_dim)
         return VividPoseTrainer(model, vae, encoder, self.c)

@@ -23,7 +23,8 @@ from .model import VividPose, build_vividpose
 
 FIX = "Use a checkpoint written by Marionette's VividPose trainer (save_vividpose)."
 SHOWN = 6  # names listed per kind of mismatch
-COMPANION_CLASSES = {"vae": ("AutoencoderKLTemporalDecoder",), "image_encoder": ("CLIPVisionModelWithProjection",)}
+COMPANION_CLASSES = {"vae": ("AutoencoderKLTemporalDecoder", "PatchLatent"),
+                     "image_encoder": ("CLIPVisionModelWithProjection",)}
 
 
 def companion_spec(module: nn.Module) -> dict:
@@ -37,6 +38,9 @@ def build_companion(name: str, spec: dict) -> nn.Module:
     """The (random) module a companion spec describes."""
     if spec.get("class") not in COMPANION_CLASSES.get(name, ()):
         raise MarionetteError(f"Unknown bundled {name} class {spec.get('class')!r}.", FIX)
+    if spec["class"] == "PatchLatent":
+        from .patch_latent import PatchLatent
+        return PatchLatent.from_config(spec["config"])
     if name == "vae":
         from diffusers import AutoencoderKLTemporalDecoder
         return AutoencoderKLTemporalDecoder.from_config(spec["config"])
@@ -147,4 +151,6 @@ def load_companions(path: str | os.PathLike, dtype: torch.dtype = torch.float32)
                        os.path.basename(path), f"its bundled {name}")
             state = {k[len(prefix):]: handle.get_tensor(k) for k in keys}
             out[name] = strict_fill(module, state, f"bundled {name}", path, FIX, dtype)
+            if hasattr(out[name], "check_basis"):
+                out[name].check_basis(os.path.basename(path))
     return out

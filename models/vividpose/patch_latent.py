@@ -1,0 +1,102 @@
+"""A fixed linear latent for models trained without a pretrained VAE: every f x f patch of a frame (3·f²
+values) is projected onto K orthonormal patterns, the K principal components of the training frames'
+patches (`training.patch_latent` fits them). Decoding is the transpose, so it is the best linear
+reconstruction from K numbers per patch; with K = 3·f² (no truncation) it is exactly invertible, a rotated
+pixel unshuffle.
+
+Why not a small learnt autoencoder: on 96x128 synthetic people, 16 components of 8x8 patches rebuild the
+person at 25 dB PSNR and the small `AutoencoderKLTemporalDecoder` trained here at 18 dB, shifting saturated
+colours; and why not the plain pixel unshuffle (K = 192): a UNet whose first block is narrower than the
+latent cannot remove the noise of channels it has no room for, so the samples keep it.
+
+It stands where SVD's VAE stands (`encode(x).latent_dist.mode()`, `decode(z, num_frames=...).sample`,
+`config.scaling_factor` / `latent_channels` / `downsampling`), so the trainer, the sampler's chunked decode
+and the loader use it unchanged. Its patterns and mean patch are frozen parameters (the file carries them;
+loading checks the patterns are orthonormal).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import MarionetteError
+
+ORTHONORMAL_TOLERANCE = 1e-2  # patterns stored in fp16 stay well inside this
+
+
+class LatentConfig(dict):
+    """A config read both as a dict (`get`, `dict(...)`) and by attribute, as diffusers' configs are."""
+
+    def __getattr__(self, name: str):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+@dataclass
+class _Latents:
+    latents: torch.Tensor
+
+    def mode(self) -> torch.Tensor:
+        return self.latents
+
+
+@dataclass
+class _Encoded:
+    latent_dist: _Latents
+
+
+@dataclass
+class _Decoded:
+    sample: torch.Tensor
+
+
+class PatchLatent(nn.Module):
+    """Pixels in [-1, 1], [N, 3, H, W] <-> latents [N, K, H/f, W/f] (unscaled, as a VAE's raw latents).
+    `basis` [K, 3, f, f]: orthonormal patterns; `mean` [3, f, f]: the mean patch, removed before projecting."""
+
+    def __init__(self, components: int = 16, factor: int = 8, scaling_factor: float = 1.0):
+        super().__init__()
+        factor, components = int(factor), int(components)
+        if factor < 1 or not 1 <= components <= 3 * factor * factor:
+            raise MarionetteError(f"A patch latent takes 1..{3 * factor * factor} components of {factor}x{factor} "
+                                  f"patches, got {components}.", "Use e.g. 16 components of 8x8 patches.")
+        self.config = LatentConfig(components=components, factor=factor, downsampling=factor,
+                                   latent_channels=components, scaling_factor=float(scaling_factor),
+                                   force_upcast=False)
+        self.basis = nn.Parameter(torch.eye(components, 3 * factor * factor).reshape(components, 3, factor, factor),
+                                  requires_grad=False)
+        self.mean = nn.Parameter(torch.zeros(3, factor, factor), requires_grad=False)
+
+    @classmethod
+    def from_config(cls, config: dict) -> "PatchLatent":
+        return cls(config["components"], config["factor"], config["scaling_factor"])
+
+    def check_basis(self, source: str) -> None:
+        """Refuse patterns that are not orthonormal (decoding would not be the projection's inverse)."""
+        flat = self.basis.detach().double().cpu().flatten(1)
+        error = float((flat @ flat.T - torch.eye(flat.shape[0], dtype=flat.dtype)).abs().max())
+        if error > ORTHONORMAL_TOLERANCE:
+            raise MarionetteError(f"{source}: the patch latent's patterns are not orthonormal (off by {error:.3g}).",
+                                  "Fit it again: python -m models.training patch-latent.")
+
+    def _tiled_mean(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.config.factor
+        return self.mean.repeat(1, x.shape[-2] // f, x.shape[-1] // f)
+
+    def encode(self, x: torch.Tensor) -> _Encoded:
+        f = self.config.factor
+        if x.shape[-2] % f or x.shape[-1] % f:
+            raise MarionetteError(f"The frames are {x.shape[-1]}x{x.shape[-2]}; the patch latent needs multiples "
+                                  f"of {f}.", f"Resize to multiples of {f}.")
+        x = x.to(self.basis.dtype)
+        return _Encoded(_Latents(F.conv2d(x - self._tiled_mean(x), self.basis, stride=f)))
+
+    def decode(self, z: torch.Tensor, num_frames: int | None = None) -> _Decoded:
+        """`num_frames` is accepted as SVD's temporal decoder takes it; each frame decodes on its own."""
+        x = F.conv_transpose2d(z.to(self.basis.dtype), self.basis, stride=self.config.factor)
+        return _Decoded(x + self._tiled_mean(x))
