@@ -298,7 +298,7 @@ def test_an_autoencoder_with_more_latent_channels_trains_a_vividpose_that_sample
 
 def test_the_patch_latent_is_the_training_patches_pca_and_trains_a_vividpose(tiny_data, tmp_path):
     """`patch-latent`: the K principal components of the training frames' 8x8 patches (checked against numpy's
-    SVD of the patches cut out independently), scaled to unit latent std; `vividpose --autoencoder` takes
+    SVD of the patches cut out independently), each channel scaled to unit variance; `vividpose --autoencoder` takes
     the file like a trained autoencoder's, the UNet and pose features follow its 16 channels, the export
     bundles it and samples."""
     import numpy as np
@@ -322,8 +322,9 @@ def test_the_patch_latent_is_the_training_patches_pca_and_trains_a_vividpose(tin
     assert np.allclose(basis @ basis.T, np.eye(16), atol=1e-6)
     assert np.allclose(basis.T @ basis, right[:16].T @ right[:16], atol=1e-5)   # the same subspace
     assert np.allclose(latent.mean.detach().numpy().ravel(), patches.mean(0), atol=1e-6)
-    std = np.sqrt((singular[:16] ** 2).sum() / (len(patches) - 1) / 16)
-    assert latent.config.scaling_factor == pytest.approx(1 / std, rel=1e-6)
+    stds = singular[:16] / np.sqrt(len(patches) - 1)
+    assert np.allclose(latent.scale.detach().double().numpy(), stds, rtol=1e-5)
+    assert latent.config.scaling_factor == 1.0
     export = train(tiny_task(data, path), TrainSettings(output_dir=str(tmp_path / "vp"), steps=1, batch_size=1),
                    progress=False)["export"]
     net = load_vividpose_animation(export, None, torch.float32)

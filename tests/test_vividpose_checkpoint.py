@@ -173,13 +173,14 @@ def test_a_bundled_patch_latent_round_trips_and_non_orthonormal_patterns_are_ref
     assert torch.equal(latent.decode(z, num_frames=3).sample, x)
     with torch.no_grad():
         latent.mean.fill_(0.25)
+        latent.scale.fill_(2.0)
     model = tiny_vividpose(1, tiny_config(identity=False))
     path = tmp_path / "patch.safetensors"
     save_vividpose(model, path, companions={"vae": latent}, dtype=torch.float16)
     loaded = load_companions(path, torch.float16)["vae"]
     assert isinstance(loaded, PatchLatent) and loaded.config.scaling_factor == 2.5
     half = x.half()
-    assert torch.allclose(loaded.encode(half).latent_dist.mode(), torch.nn.PixelUnshuffle(8)(half) - 0.25)
+    assert torch.allclose(loaded.encode(half).latent_dist.mode(), (torch.nn.PixelUnshuffle(8)(half) - 0.25) / 2)
     decoded = loaded.decode(loaded.encode(half).latent_dist.mode()).sample
     assert torch.allclose(decoded, half, atol=1e-3)  # fp16 rounding of the mean patch
     state = load_file(str(path))

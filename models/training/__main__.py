@@ -141,8 +141,8 @@ def main(argv: list[str] | None = None) -> int:
             from .vividpose_task import check_data
             check_data(args.data)
             latent = write_patch_latent(args.data, args.output, args.components, args.factor, {"command": command})
-            print(f"{args.output}: {args.components} components of {args.factor}x{args.factor} patches, scaling factor "
-                  f"{latent.config.scaling_factor:.4f}")
+            print(f"{args.output}: {args.components} components of {args.factor}x{args.factor} patches, stds "
+                  f"{float(latent.scale[0]):.3f} .. {float(latent.scale[-1]):.3f}")
             return 0
         settings = settings_from_args(args, args.output_dir)
         if args.command == "autoencoder":

@@ -5,8 +5,8 @@ autoencoder's export (the VividPose export then bundles it).
     python -m models.training patch-latent --data DATA --output FILE [--components 16] [--factor 8]
 
 Deterministic: every `FRAME_STRIDE`-th frame of every training clip, the covariance and its eigenvectors
-in float64, each pattern's sign fixed (its largest entry positive). `scaling_factor` = 1 / the latents'
-std, so scaled latents have unit variance as the EDM objective assumes.
+in float64, each pattern's sign fixed (its largest entry positive), each coefficient divided by its
+component's std: every latent channel has unit variance, as the EDM objective assumes (`scaling_factor` 1).
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def fit_patch_latent(data: str, components: int = 16, factor: int = 8) -> PatchL
     with torch.no_grad():
         latent.basis.copy_(vectors.reshape(components, 3, factor, factor))
         latent.mean.copy_(mean.reshape(3, factor, factor))
-    latent.config["scaling_factor"] = float(1.0 / values.clamp(min=0).mean().sqrt())
+        latent.scale.copy_(values.clamp(min=1e-12).sqrt())
     return latent
 
 

@@ -1,8 +1,13 @@
 """A fixed linear latent for models trained without a pretrained VAE: every f x f patch of a frame (3·f²
 values) is projected onto K orthonormal patterns, the K principal components of the training frames'
-patches (`training.patch_latent` fits them). Decoding is the transpose, so it is the best linear
-reconstruction from K numbers per patch; with K = 3·f² (no truncation) it is exactly invertible, a rotated
-pixel unshuffle.
+patches (`training.patch_latent` fits them), and each coefficient divided by its component's std. Decoding
+undoes both, so it is the best linear reconstruction from K numbers per patch; with K = 3·f² (no
+truncation) it is exactly invertible, a rotated pixel unshuffle.
+
+Why each component at unit variance: the EDM sampler treats every latent channel as unit-variance data,
+so a channel the network has not learnt yet ends near N(0, 1); with the components' natural stds (the
+finest several times smaller than the first) that showed as blocky noise over the frames; whitened, it is
+detail of the right size.
 
 Why not a small learnt autoencoder: on 96x128 synthetic people, 16 components of 8x8 patches rebuild the
 person at 25 dB PSNR and the small `AutoencoderKLTemporalDecoder` trained here at 18 dB, shifting saturated
@@ -11,8 +16,8 @@ latent cannot remove the noise of channels it has no room for, so the samples ke
 
 It stands where SVD's VAE stands (`encode(x).latent_dist.mode()`, `decode(z, num_frames=...).sample`,
 `config.scaling_factor` / `latent_channels` / `downsampling`), so the trainer, the sampler's chunked decode
-and the loader use it unchanged. Its patterns and mean patch are frozen parameters (the file carries them;
-loading checks the patterns are orthonormal).
+and the loader use it unchanged. Its patterns, their stds and the mean patch are frozen parameters (the
+file carries them; loading checks the patterns are orthonormal).
 """
 from __future__ import annotations
 
@@ -57,7 +62,8 @@ class _Decoded:
 
 class PatchLatent(nn.Module):
     """Pixels in [-1, 1], [N, 3, H, W] <-> latents [N, K, H/f, W/f] (unscaled, as a VAE's raw latents).
-    `basis` [K, 3, f, f]: orthonormal patterns; `mean` [3, f, f]: the mean patch, removed before projecting."""
+    `basis` [K, 3, f, f]: orthonormal patterns; `scale` [K]: each coefficient's divisor (the component's std);
+    `mean` [3, f, f]: the mean patch, removed before projecting."""
 
     def __init__(self, components: int = 16, factor: int = 8, scaling_factor: float = 1.0):
         super().__init__()
@@ -70,6 +76,7 @@ class PatchLatent(nn.Module):
                                    force_upcast=False)
         self.basis = nn.Parameter(torch.eye(components, 3 * factor * factor).reshape(components, 3, factor, factor),
                                   requires_grad=False)
+        self.scale = nn.Parameter(torch.ones(components), requires_grad=False)
         self.mean = nn.Parameter(torch.zeros(3, factor, factor), requires_grad=False)
 
     @classmethod
@@ -94,9 +101,11 @@ class PatchLatent(nn.Module):
             raise MarionetteError(f"The frames are {x.shape[-1]}x{x.shape[-2]}; the patch latent needs multiples "
                                   f"of {f}.", f"Resize to multiples of {f}.")
         x = x.to(self.basis.dtype)
-        return _Encoded(_Latents(F.conv2d(x - self._tiled_mean(x), self.basis, stride=f)))
+        z = F.conv2d(x - self._tiled_mean(x), self.basis, stride=f)
+        return _Encoded(_Latents(z / self.scale[:, None, None]))
 
     def decode(self, z: torch.Tensor, num_frames: int | None = None) -> _Decoded:
         """`num_frames` is accepted as SVD's temporal decoder takes it; each frame decodes on its own."""
-        x = F.conv_transpose2d(z.to(self.basis.dtype), self.basis, stride=self.config.factor)
+        z = z.to(self.basis.dtype) * self.scale[:, None, None]
+        x = F.conv_transpose2d(z, self.basis, stride=self.config.factor)
         return _Decoded(x + self._tiled_mean(x))
