@@ -12,10 +12,10 @@ Trainable (the paper): the UNet, ReferenceNet, pose controller and identity cont
 when it comes from SVD, the CLIP encoder are frozen. A small model trained without CLIP trains its own
 small image encoder alongside (`train_image_encoder`); the choice is recorded in the checkpoint.
 
-Two sizes: the small model (`autoencoder`: this trainer's own VAE; the export bundles VAE and image
-encoder) and the full-size one (`svd`: the paper's init from the user's SVD-xt folder and, with `sd21`,
-Stable Diffusion 2.1's UNet, `training.initialise`; the export bundles nothing and runs with that SVD
-folder).
+Two sizes: the small model (`autoencoder`: this trainer's own VAE or a fitted patch latent; the export
+bundles it and the image encoder) and the full-size one (`svd`: the paper's init from the user's SVD-xt
+folder and, with `sd21`, Stable Diffusion 2.1's UNet, `training.initialise`; the export bundles nothing
+and runs with that SVD folder).
 """
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The small VividPose trained with Marionette's trainer on synthetic people (96x128, 8-frame windows,
-identity controller off, its own autoencoder and image encoder bundled). `weights/TRAINING.md` holds the
+identity controller off, its patch latent and image encoder bundled). `weights/TRAINING.md` holds the
 exact commands that made it and its training log; it ships with the pack so the VividPose workflow
 animates without downloads."""
 from __future__ import annotations
