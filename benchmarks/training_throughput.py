@@ -116,9 +116,9 @@ def main() -> None:
     device = torch.cuda.get_device_name() if a.device == "cuda" else f"cpu, {a.threads} thread(s)"
     print(f"VividPose training throughput ({device}, precision {a.precision}, {a.steps} timed steps "
           f"after {a.warmup} warm-up)")
-    print(f"{'config':<7} {'size':>8} {'frames':>6} {'batch':>5} {'trained M':>9} {'s/step':>8} {'samples/s':>9} {'last loss':>9}")
+    print(f"{'config':<11} {'size':>8} {'frames':>6} {'batch':>5} {'trained M':>9} {'s/step':>8} {'samples/s':>9} {'last loss':>9}")
     for r in rows:
-        print(f"{r['config']:<7} {r['size']:>8} {r['frames']:>6} {r['batch']:>5} {r['trained_M']:>9.2f} "
+        print(f"{r['config']:<11} {r['size']:>8} {r['frames']:>6} {r['batch']:>5} {r['trained_M']:>9.2f} "
               f"{r['s_per_step']:>8.3f} {r['samples_per_s']:>9.2f} {r['loss']:>9.4f}")
 
 

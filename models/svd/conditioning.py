@@ -101,7 +101,7 @@ def clip_image_embedding(image_encoder, images, mean=CLIP_MEAN, std=CLIP_STD) ->
 
 # -------------------------------------------------------------------------------------------- VAE
 def vae_downsampling(vae) -> int:
-    """Pixels per latent cell: 8 for SVD's VAE (2 ** (levels - 1)); a VAE that is no such stack (the pixel
+    """Pixels per latent cell: 8 for SVD's VAE (2 ** (levels - 1)); a VAE that is no such stack (the patch
     latent) states it in its config."""
     stated = vae.config.get("downsampling")
     return int(stated) if stated else 2 ** (len(vae.config.block_out_channels) - 1)

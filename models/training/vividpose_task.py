@@ -31,6 +31,7 @@ from ..svd.conditioning import CLIP_MEAN, CLIP_STD, DEFAULT_NOISE_AUG, clip_pixe
 from ..vividpose.checkpoint import save_vividpose
 from ..vividpose.config import VividPoseConfig
 from ..vividpose.model import VividPose
+from ..vividpose.patch_latent import PatchLatent
 from .autoencoder import load_autoencoder, signed_pixels
 from .edm import denoiser_inputs, edm_loss, noise_and_sigma, sample_generator
 from .engine import saved_config
@@ -159,7 +160,7 @@ class VividPoseTrainer(nn.Module):
 
 
 def _vae_note(vae: nn.Module) -> str:
-    if type(vae).__name__ != "PatchLatent":
+    if not isinstance(vae, PatchLatent):
         return ""
     c = vae.config
     return f"patch latent: {c.components} principal components of {c.factor}x{c.factor} patches (fixed, bundled)"
