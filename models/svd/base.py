@@ -24,6 +24,7 @@ from ..core.configs import read_json, without_meta
 from ..core.dtypes import check_dtype
 from ..core.modules import strict_fill
 from ..errors import MarionetteError
+from .conditioning import vae_downsampling
 from .unet import PoseSVDUNet, build_unet
 
 SVD_REPO = "stabilityai/stable-video-diffusion-img2vid-xt"
@@ -66,7 +67,7 @@ class SVDBase:
     @property
     def vae_scale_factor(self) -> int:
         """Pixels per latent cell (8 for SVD)."""
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return vae_downsampling(self.vae)
 
 
 # ----------------------------------------------------------------------------------------- folder

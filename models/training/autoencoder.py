@@ -17,7 +17,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..core.modules import strict_fill
 from ..errors import MarionetteError
 from .edm import sample_generator
 from .engine import saved_config
@@ -146,7 +145,7 @@ def load_autoencoder(path: str, dtype: torch.dtype = torch.float32) -> nn.Module
     """An autoencoder export (or a fitted patch latent), or the autoencoder a small VividPose export bundles
     (strict), eval, frozen."""
     from safetensors import safe_open
-    from ..vividpose.checkpoint import build_companion, companion_specs, load_companions
+    from ..vividpose.checkpoint import build_companion, companion_specs, fill_companion, load_companions
     from ..vividpose.config import FORMAT as VIVIDPOSE_FORMAT
     if not os.path.isfile(path):
         raise MarionetteError(f"The autoencoder {path} does not exist.",
@@ -163,7 +162,4 @@ def load_autoencoder(path: str, dtype: torch.dtype = torch.float32) -> nn.Module
     spec = {"class": metadata.get("class", "AutoencoderKLTemporalDecoder"), "config": json.loads(metadata["config"])}
     with torch.device("meta"):
         vae = build_companion("vae", spec)
-    vae = strict_fill(vae, state, "autoencoder", path, "Pass the autoencoder.safetensors of a finished run.", dtype)
-    if hasattr(vae, "check_basis"):
-        vae.check_basis(os.path.basename(path))
-    return vae
+    return fill_companion(vae, state, "autoencoder", path, "Pass the autoencoder.safetensors of a finished run.", dtype)

@@ -48,6 +48,15 @@ def build_companion(name: str, spec: dict) -> nn.Module:
     return CLIPVisionModelWithProjection(CLIPVisionConfig(**spec["config"]))
 
 
+def fill_companion(module: nn.Module, state: dict, label: str, path: str, fix: str,
+                   dtype: torch.dtype | None = None) -> nn.Module:
+    """`strict_fill`, then the module's own check of what it was filled with (the patch latent's patterns)."""
+    module = strict_fill(module, state, label, path, fix, dtype)
+    if hasattr(module, "check_basis"):
+        module.check_basis(os.path.basename(path))
+    return module
+
+
 def save_vividpose(model: VividPose, path: str | os.PathLike, metadata: dict[str, str] | None = None,
                    companions: dict[str, nn.Module] | None = None, dtype: torch.dtype | None = None) -> None:
     """Write `model` (its state dict, contiguous; in `dtype` if given) with its config in the metadata;
@@ -150,7 +159,5 @@ def load_companions(path: str | os.PathLike, dtype: torch.dtype = torch.float32)
             check_keys({k: tuple(v.shape) for k, v in module.state_dict().items()}, found,
                        os.path.basename(path), f"its bundled {name}")
             state = {k[len(prefix):]: handle.get_tensor(k) for k in keys}
-            out[name] = strict_fill(module, state, f"bundled {name}", path, FIX, dtype)
-            if hasattr(out[name], "check_basis"):
-                out[name].check_basis(os.path.basename(path))
+            out[name] = fill_companion(module, state, f"bundled {name}", path, FIX, dtype)
     return out

@@ -25,6 +25,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from diffusers.configuration_utils import FrozenDict
+from diffusers.models.autoencoders.vae import DecoderOutput
+from diffusers.models.modeling_outputs import AutoencoderKLOutput
 from torch import nn
 
 from ..errors import MarionetteError
@@ -32,32 +35,13 @@ from ..errors import MarionetteError
 ORTHONORMAL_TOLERANCE = 1e-2  # patterns stored in fp16 stay well inside this
 
 
-class LatentConfig(dict):
-    """A config read both as a dict (`get`, `dict(...)`) and by attribute, as diffusers' configs are."""
-
-    def __getattr__(self, name: str):
-        try:
-            return self[name]
-        except KeyError:
-            raise AttributeError(name) from None
-
-
 @dataclass
 class _Latents:
+    """The `latent_dist` of an encoding: a point, so `mode()` is the latents (as SVD's VAE is used)."""
     latents: torch.Tensor
 
     def mode(self) -> torch.Tensor:
         return self.latents
-
-
-@dataclass
-class _Encoded:
-    latent_dist: _Latents
-
-
-@dataclass
-class _Decoded:
-    sample: torch.Tensor
 
 
 class PatchLatent(nn.Module):
@@ -71,7 +55,7 @@ class PatchLatent(nn.Module):
         if factor < 1 or not 1 <= components <= 3 * factor * factor:
             raise MarionetteError(f"A patch latent takes 1..{3 * factor * factor} components of {factor}x{factor} "
                                   f"patches, got {components}.", "Use e.g. 16 components of 8x8 patches.")
-        self.config = LatentConfig(components=components, factor=factor, downsampling=factor,
+        self.config = FrozenDict(components=components, factor=factor, downsampling=factor,
                                    latent_channels=components, scaling_factor=float(scaling_factor),
                                    force_upcast=False)
         self.basis = nn.Parameter(torch.eye(components, 3 * factor * factor).reshape(components, 3, factor, factor),
@@ -95,17 +79,17 @@ class PatchLatent(nn.Module):
         f = self.config.factor
         return self.mean.repeat(1, x.shape[-2] // f, x.shape[-1] // f)
 
-    def encode(self, x: torch.Tensor) -> _Encoded:
+    def encode(self, x: torch.Tensor) -> AutoencoderKLOutput:
         f = self.config.factor
         if x.shape[-2] % f or x.shape[-1] % f:
             raise MarionetteError(f"The frames are {x.shape[-1]}x{x.shape[-2]}; the patch latent needs multiples "
                                   f"of {f}.", f"Resize to multiples of {f}.")
         x = x.to(self.basis.dtype)
         z = F.conv2d(x - self._tiled_mean(x), self.basis, stride=f)
-        return _Encoded(_Latents(z / self.scale[:, None, None]))
+        return AutoencoderKLOutput(latent_dist=_Latents(z / self.scale[:, None, None]))
 
-    def decode(self, z: torch.Tensor, num_frames: int | None = None) -> _Decoded:
+    def decode(self, z: torch.Tensor, num_frames: int | None = None) -> DecoderOutput:
         """`num_frames` is accepted as SVD's temporal decoder takes it; each frame decodes on its own."""
         z = z.to(self.basis.dtype) * self.scale[:, None, None]
         x = F.conv_transpose2d(z, self.basis, stride=self.config.factor)
-        return _Decoded(x + self._tiled_mean(x))
+        return DecoderOutput(sample=x + self._tiled_mean(x))
