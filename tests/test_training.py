@@ -140,6 +140,33 @@ def test_resume_refuses_another_run(tiny_data, tmp_path):
         train(tiny_task(data, ae), TrainSettings(output_dir=str(tmp_path), steps=2, batch_size=2), progress=False)
 
 
+def test_cosine_schedule_warms_up_then_decays_to_zero_at_the_last_step():
+    from marionette.models.training.engine import _learning_rate
+    settings = TrainSettings(output_dir="unused", steps=110, learning_rate=2e-3, warmup_steps=10, lr_schedule="cosine")
+    rates = [_learning_rate(settings, step) for step in range(settings.steps + 1)]
+    assert rates[:10] == pytest.approx([2e-3 * (i + 1) / 10 for i in range(10)])
+    assert rates[10] == pytest.approx(2e-3) and rates[60] == pytest.approx(1e-3) and rates[110] == pytest.approx(0.0)
+    assert all(a >= b for a, b in zip(rates[10:], rates[11:]))
+    assert _learning_rate(TrainSettings(output_dir="unused", steps=110, learning_rate=2e-3), 109) == 2e-3
+    with pytest.raises(MarionetteError, match="schedule"):
+        TrainSettings(output_dir="unused", lr_schedule="linear")
+
+
+def test_a_state_saved_before_the_schedule_option_resumes_as_constant(tiny_data, tmp_path):
+    import json
+    data, ae = tiny_data
+    train(tiny_task(data, ae), TrainSettings(output_dir=str(tmp_path), steps=1, batch_size=1), progress=False)
+    state = tmp_path / "state" / "state.json"
+    saved = json.loads(state.read_text())
+    del saved["run"]["lr_schedule"]
+    state.write_text(json.dumps(saved))
+    assert train(tiny_task(data, ae), TrainSettings(output_dir=str(tmp_path), steps=2, batch_size=1),
+                 progress=False)["step"] == 2
+    with pytest.raises(MarionetteError, match="another run"):
+        train(tiny_task(data, ae), TrainSettings(output_dir=str(tmp_path), steps=3, batch_size=1, lr_schedule="cosine"),
+              progress=False)
+
+
 def _interrupted_autoencoder_run(data, out, logged: int, ignore_sigint: bool = False):
     """Starts the autoencoder command, sends SIGINT after `logged` steps; returns (command, env, stderr)."""
     command = [sys.executable, "-m", "models.training", "autoencoder", "--data", data, "--output-dir", str(out),

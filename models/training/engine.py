@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import signal
@@ -32,6 +33,7 @@ from .ema import EMA
 STATE = "state"  # folder of the resumable state inside the output folder
 PRECISIONS = ("no", "bf16", "fp16")
 EXPORT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+SCHEDULES = ("constant", "cosine")
 
 
 @dataclass
@@ -45,6 +47,7 @@ class TrainSettings:
     learning_rate: float = 1e-4
     weight_decay: float = 0.0
     warmup_steps: int = 0
+    lr_schedule: str = "constant"     # after warm-up: constant, or cosine decay to 0 at `steps`
     max_grad_norm: float = 1.0
     ema_decay: float = 0.999          # 0: no EMA (the export then holds the last weights)
     mixed_precision: str = "no"       # no / bf16 / fp16
@@ -64,6 +67,9 @@ class TrainSettings:
         if self.mixed_precision not in PRECISIONS:
             raise MarionetteError(f"Unknown mixed precision '{self.mixed_precision}'.",
                                   f"Use one of: {', '.join(PRECISIONS)}.")
+        if self.lr_schedule not in SCHEDULES:
+            raise MarionetteError(f"Unknown learning-rate schedule '{self.lr_schedule}'.",
+                                  f"Use one of: {', '.join(SCHEDULES)}.")
         if self.export_dtype not in EXPORT_DTYPES:
             raise MarionetteError(f"Unknown export dtype '{self.export_dtype}'.",
                                   f"Use one of: {', '.join(EXPORT_DTYPES)}.")
@@ -72,8 +78,8 @@ class TrainSettings:
 
     def resume_key(self) -> dict:
         """What must not change between a run and its resumption (the rest, e.g. steps, may)."""
-        keep = ("batch_size", "grad_accum", "learning_rate", "weight_decay", "warmup_steps", "max_grad_norm",
-                "ema_decay", "mixed_precision", "seed")
+        keep = ("batch_size", "grad_accum", "learning_rate", "weight_decay", "warmup_steps", "lr_schedule",
+                "max_grad_norm", "ema_decay", "mixed_precision", "seed")
         return {k: getattr(self, k) for k in keep}
 
 
@@ -179,6 +185,7 @@ def load_state(folder: str, module: nn.Module, ema: EMA | None, optimizer, scale
     from safetensors.torch import load_file
     with open(os.path.join(folder, "state.json")) as f:
         saved = json.load(f)
+    saved.get("run", {}).setdefault("lr_schedule", "constant")  # states saved before the option existed
     for key in ("task", "task_config", "run"):
         if saved.get(key) != info.get(key):
             raise MarionetteError(f"The saved state in {folder} belongs to another run ({key} differs: "
@@ -218,8 +225,14 @@ def _interrupts_as_keyboard_interrupt():
 
 
 def _learning_rate(settings: TrainSettings, step: int) -> float:
+    """Linear warm-up, then constant or a half cosine that reaches 0 at `settings.steps` (so resuming
+    with more --steps stretches the rest of the decay)."""
     if settings.warmup_steps and step < settings.warmup_steps:
         return settings.learning_rate * (step + 1) / settings.warmup_steps
+    if settings.lr_schedule == "cosine":
+        span = max(settings.steps - settings.warmup_steps, 1)
+        done = min(step - settings.warmup_steps, span) / span
+        return settings.learning_rate * 0.5 * (1.0 + math.cos(math.pi * done))
     return settings.learning_rate
 
 
