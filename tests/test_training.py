@@ -250,7 +250,7 @@ def test_a_background_run_whose_shell_ignores_sigint_still_saves_on_kill_int(tin
 
 def test_training_curve_picture_averages_the_log(tmp_path):
     from PIL import Image
-    from marionette.models.training.curve import averaged, plot_curve, read_log
+    from marionette.models.training.curve import averaged, plot_curve, read_log, read_logs
     log = tmp_path / "log.csv"
     log.write_text("step,loss,lr,samples_per_s,elapsed_s\n" + "".join(
         f"{s},{1.0 / s + (0.5 if s % 2 else 0.0)},1e-4,1.0,{s}\n" for s in range(1, 401)))
@@ -260,6 +260,12 @@ def test_training_curve_picture_averages_the_log(tmp_path):
     plot_curve(str(log), str(tmp_path / "curve.png"))
     picture = Image.open(tmp_path / "curve.png")
     assert picture.size == (640, 300) and len(set(picture.getdata())) > 2
+    more = tmp_path / "continued.csv"
+    more.write_text("step,loss,lr,samples_per_s,elapsed_s\n1,0.2,1e-4,1.0,1\n2,0.1,1e-4,1.0,2\n")
+    steps, losses = read_logs([str(log), str(more)])
+    assert steps[-3:].tolist() == [400, 401, 402] and losses[-2:].tolist() == [0.2, 0.1]
+    plot_curve([str(log), str(more)], str(tmp_path / "both.png"))
+    assert Image.open(tmp_path / "both.png").size == (640, 300)
 
 
 def test_bf16_autocast_and_validation_videos(tiny_data, tmp_path):
