@@ -259,7 +259,7 @@ def test_training_curve_picture_averages_the_log(tmp_path):
     assert len(xs) == 100 and xs[-1] == 400 and abs(ys[-1] - (0.25 + 1 / 399.5)) < 0.01  # the odd-step spikes averaged
     plot_curve(str(log), str(tmp_path / "curve.png"))
     picture = Image.open(tmp_path / "curve.png")
-    assert picture.size == (640, 300) and len(set(picture.getdata())) > 2
+    assert picture.size == (640, 300) and len(picture.getcolors(1 << 20)) > 2
     more = tmp_path / "continued.csv"
     more.write_text("step,loss,lr,samples_per_s,elapsed_s\n1,0.2,1e-4,1.0,1\n2,0.1,1e-4,1.0,2\n")
     steps, losses = read_logs([str(log), str(more)])
