@@ -3,6 +3,7 @@
 A tiny prepared dataset (rendered people through our own pose / body / render stages) and a random
 tiny autoencoder are made once per session; the runs use the tiny VividPose (`training_probe.tiny_task`).
 """
+import json
 import os
 import signal
 import subprocess
@@ -141,19 +142,17 @@ def test_resume_refuses_another_run(tiny_data, tmp_path):
 
 
 def test_cosine_schedule_warms_up_then_decays_to_zero_at_the_last_step():
-    from marionette.models.training.engine import _learning_rate
     settings = TrainSettings(output_dir="unused", steps=110, learning_rate=2e-3, warmup_steps=10, lr_schedule="cosine")
-    rates = [_learning_rate(settings, step) for step in range(settings.steps + 1)]
+    rates = [settings.learning_rate_at(step) for step in range(settings.steps + 1)]
     assert rates[:10] == pytest.approx([2e-3 * (i + 1) / 10 for i in range(10)])
     assert rates[10] == pytest.approx(2e-3) and rates[60] == pytest.approx(1e-3) and rates[110] == pytest.approx(0.0)
     assert all(a >= b for a, b in zip(rates[10:], rates[11:]))
-    assert _learning_rate(TrainSettings(output_dir="unused", steps=110, learning_rate=2e-3), 109) == 2e-3
+    assert TrainSettings(output_dir="unused", steps=110, learning_rate=2e-3).learning_rate_at(109) == 2e-3
     with pytest.raises(MarionetteError, match="schedule"):
         TrainSettings(output_dir="unused", lr_schedule="linear")
 
 
 def test_a_state_saved_before_the_schedule_option_resumes_as_constant(tiny_data, tmp_path):
-    import json
     data, ae = tiny_data
     train(tiny_task(data, ae), TrainSettings(output_dir=str(tmp_path), steps=1, batch_size=1), progress=False)
     state = tmp_path / "state" / "state.json"

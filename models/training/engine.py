@@ -76,6 +76,17 @@ class TrainSettings:
         if not 0.0 <= self.ema_decay < 1.0:
             raise MarionetteError(f"ema_decay {self.ema_decay} is outside [0, 1).", "Use e.g. 0.999, or 0 for none.")
 
+    def learning_rate_at(self, step: int) -> float:
+        """Linear warm-up, then constant or a half cosine that reaches 0 at `steps` (so resuming with more
+        --steps stretches the rest of the decay)."""
+        if self.warmup_steps and step < self.warmup_steps:
+            return self.learning_rate * (step + 1) / self.warmup_steps
+        if self.lr_schedule == "cosine":
+            span = max(self.steps - self.warmup_steps, 1)
+            done = min(step - self.warmup_steps, span) / span
+            return self.learning_rate * 0.5 * (1.0 + math.cos(math.pi * done))
+        return self.learning_rate
+
     def resume_key(self) -> dict:
         """What must not change between a run and its resumption (the rest, e.g. steps, may)."""
         keep = ("batch_size", "grad_accum", "learning_rate", "weight_decay", "warmup_steps", "lr_schedule",
@@ -224,18 +235,6 @@ def _interrupts_as_keyboard_interrupt():
             signal.signal(getattr(signal, name), old)
 
 
-def _learning_rate(settings: TrainSettings, step: int) -> float:
-    """Linear warm-up, then constant or a half cosine that reaches 0 at `settings.steps` (so resuming
-    with more --steps stretches the rest of the decay)."""
-    if settings.warmup_steps and step < settings.warmup_steps:
-        return settings.learning_rate * (step + 1) / settings.warmup_steps
-    if settings.lr_schedule == "cosine":
-        span = max(settings.steps - settings.warmup_steps, 1)
-        done = min(step - settings.warmup_steps, span) / span
-        return settings.learning_rate * 0.5 * (1.0 + math.cos(math.pi * done))
-    return settings.learning_rate
-
-
 def train(task: Task, settings: TrainSettings, command: str = "", progress: bool = True,
           on_gradients=None) -> dict:
     """Run (or resume) `task` to `settings.steps`; returns {'step', 'losses', 'export', 'module'}. The
@@ -296,7 +295,7 @@ def train(task: Task, settings: TrainSettings, command: str = "", progress: bool
         with _interrupts_as_keyboard_interrupt():
             while step < settings.steps:
                 for group in optimizer.param_groups:
-                    group["lr"] = _learning_rate(settings, step)
+                    group["lr"] = settings.learning_rate_at(step)
                 step_losses = []
                 for micro in range(settings.grad_accum):
                     batch = next(batches)

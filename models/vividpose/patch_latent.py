@@ -56,8 +56,8 @@ class PatchLatent(nn.Module):
             raise MarionetteError(f"A patch latent takes 1..{3 * factor * factor} components of {factor}x{factor} "
                                   f"patches, got {components}.", "Use e.g. 16 components of 8x8 patches.")
         self.config = FrozenDict(components=components, factor=factor, downsampling=factor,
-                                   latent_channels=components, scaling_factor=float(scaling_factor),
-                                   force_upcast=False)
+                                 latent_channels=components, scaling_factor=float(scaling_factor),
+                                 force_upcast=False)
         self.basis = nn.Parameter(torch.eye(components, 3 * factor * factor).reshape(components, 3, factor, factor),
                                   requires_grad=False)
         self.scale = nn.Parameter(torch.ones(components), requires_grad=False)
