@@ -422,3 +422,47 @@ def test_a_decoder_fine_tuned_from_a_small_models_autoencoder_replaces_it(tiny_d
     save_autoencoder(AutoencoderKLTemporalDecoder(**TINY_VAE), other, load_autoencoder(ae).config.scaling_factor)
     with pytest.raises(MarionetteError, match="encodes differently"):
         VividPoseTask(VividPoseTaskConfig(data=data, init=model, autoencoder=other, frames=4)).build()
+
+
+def test_stretch_crops_each_window_alike_with_a_box_drawn_from_its_key(tiny_data):
+    """--stretch: a sample's frames (so the latents the loss regresses), reference, renders and skeletons are
+    all cropped with one box drawn from its noise key (the same in any process split, and on resume)."""
+    from marionette.models.training.augment import crop_and_resize, crop_box
+    from marionette.models.training.engine import collate
+    from marionette.models.training.vividpose_task import VividPoseTaskConfig, encode_frames
+    data, ae = tiny_data
+
+    class Spy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight, self.seen = torch.nn.Parameter(torch.zeros(1)), None
+
+        def forward(self, latents, reference, render, skeleton, *rest):
+            self.seen = latents, reference, render, skeleton
+            return torch.zeros(len(latents))
+
+    base = tiny_task(data, ae)
+    base.c = VividPoseTaskConfig(**dict(vars(base.c), stretch=1.6))
+    base.build()
+    batch = collate([base.dataset()[i] for i in (0, 1)])
+    spy = Spy()
+    base.loss(spy, batch, [11, 12], drop=False)
+    latents, reference, render, skeleton = spy.seen
+    b, f, c, lh, lw = batch["latents"].shape
+    h, w = batch["reference"].shape[1:3]
+    for i, key in enumerate((11, 12)):
+        g = sample_generator(key)
+        noise_and_sigma((f, c, lh, lw), g)
+        torch.randn((3, h, w), generator=g)
+        box = crop_box(g, w, h, 1.6)
+        assert box != (0, 0, w, h)
+        assert torch.equal(reference[i], crop_and_resize(batch["reference"][i], box))
+        assert torch.equal(render[i], crop_and_resize(batch["render"][i], box))
+        assert torch.equal(skeleton[i], crop_and_resize(batch["skeleton"][i], box))
+        frames = crop_and_resize(batch["frames"][i], box)
+        assert torch.allclose(latents[i], encode_frames(base._vae, frames))
+    base.c = VividPoseTaskConfig(**dict(vars(base.c), stretch=1.0))
+    base.loss(spy, batch, [11, 12], drop=False)
+    assert torch.equal(spy.seen[0], batch["latents"]) and torch.equal(spy.seen[1], batch["reference"])
+    with pytest.raises(MarionetteError, match="below 1"):
+        VividPoseTaskConfig(data=data, autoencoder=ae, stretch=0.5)

@@ -32,6 +32,7 @@ from ..vividpose.checkpoint import save_vividpose
 from ..vividpose.config import VividPoseConfig
 from ..vividpose.model import VividPose
 from ..vividpose.patch_latent import PatchLatent
+from .augment import check_stretch, crop_and_resize, crop_box
 from .autoencoder import load_autoencoder, signed_pixels
 from .edm import denoiser_inputs, edm_loss, noise_and_sigma, sample_generator
 from .engine import saved_config
@@ -61,7 +62,8 @@ SMALL_IMAGE_ENCODER = dict(hidden_size=64, intermediate_size=128, num_hidden_lay
 SMALL_POSE, FULL_POSE = ((16, 32, 64, 128), 4), ((16, 32, 96, 256), 8)  # (channels, heads)
 SD21_LATENT_SCALE = 0.18215  # what SD2.1 (the full-size ReferenceNet's init) was trained on
 # left out of a run's saved config at these values: runs saved before (small ones, older options) resume
-LEFT_OUT = {"autoencoder": "", "svd": "", "sd21": "", "init": "", "reference_frames": (0,), "colour_orders": 1}
+LEFT_OUT = {"autoencoder": "", "svd": "", "sd21": "", "init": "", "reference_frames": (0,), "colour_orders": 1,
+            "stretch": 1.0}
 
 
 @dataclass
@@ -87,6 +89,7 @@ class VividPoseTaskConfig:
     validation_clip: str = ""                  # a clip of the dataset (default: the first held-out one)
     reference_frames: tuple = (0,)             # the frames of a clip used as the reference image
     colour_orders: int = 1                     # RGB channel orders each window is also seen in (1..6)
+    stretch: float = 1.0                       # > 1: each window cropped and stretched up to this (`augment`)
     svd: str = ""                              # full size: the stable-video-diffusion-img2vid-xt folder
     sd21: str = ""                             # full size: SD2.1's UNet file for the ReferenceNet's init
 
@@ -97,6 +100,7 @@ class VividPoseTaskConfig:
                                   "Pass --autoencoder runs/ae/autoencoder.safetensors and/or --init "
                                   "vividpose.safetensors, or --svd stable-video-diffusion-img2vid-xt [--sd21 FILE].")
         self.reference_frames = tuple(int(r) for r in self.reference_frames)
+        check_stretch(self.stretch)
         if self.sd21 and not self.svd:
             raise MarionetteError("--sd21 initialises the full-size ReferenceNet; the small model has none of "
                                   "SD2.1's size.", "Pass --svd FOLDER with it, or leave --sd21 out.")
@@ -285,13 +289,18 @@ class VividPoseTask:
         latents = batch["latents"].to(device)
         b, f, channels, lh, lw = latents.shape
         h, w = batch["reference"].shape[1:3]
-        noise, sigma, ref_noise = [], [], []
+        noise, sigma, ref_noise, boxes = [], [], [], []
         for key in keys:
             g = sample_generator(key)
             n, s = noise_and_sigma((f, channels, lh, lw), g)
             noise.append(n)
             sigma.append(s)
             ref_noise.append(torch.randn((3, h, w), generator=g))
+            if self.c.stretch > 1.0:
+                boxes.append(crop_box(g, w, h, self.c.stretch))
+        if boxes:
+            batch = stretched(batch, boxes)
+            latents = torch.stack([encode_frames(self._vae, frames) for frames in batch["frames"]]).to(device)
         face = batch.get("face_embedding")
         if self.c.identity and face is None:
             raise MarionetteError("identity=True needs face embeddings in the dataset.",
@@ -320,6 +329,23 @@ class VividPoseTask:
         validation_video(plain, self.c, folder, step)
 
 
+def encode_frames(vae: nn.Module, frames: torch.Tensor, chunk: int = 16) -> torch.Tensor:
+    """uint8 frames [N, H, W, 3] -> their raw latents [N, C, h, w] (float32, CPU), `chunk` frames at a time."""
+    device = next(vae.parameters()).device
+    with torch.no_grad():
+        return torch.cat([vae.encode(signed_pixels(frames[i:i + chunk]).to(device)).latent_dist.mode().float().cpu()
+                          for i in range(0, len(frames), chunk)])
+
+
+def stretched(batch: dict, boxes: list) -> dict:
+    """The batch's images (frames, reference, renders, skeletons), sample i cropped to boxes[i] and resized
+    back (`augment.crop_and_resize`)."""
+    out = dict(batch)
+    for key in ("frames", "reference", "render", "skeleton"):
+        out[key] = torch.stack([crop_and_resize(x, box) for x, box in zip(batch[key], boxes)])
+    return out
+
+
 class LatentWindows(torch.utils.data.Dataset):
     """`ClipDataset` windows plus their frames' raw VAE latents ('latents' [F, C, h, w]): the frozen VAE
     encodes every clip (in each of the windows' colour orders) once when the dataset is made, not every step."""
@@ -327,17 +353,10 @@ class LatentWindows(torch.utils.data.Dataset):
     def __init__(self, windows, vae: nn.Module, chunk: int = 16):
         from .dataset import COLOUR_ORDERS, load_clip
         self.windows, self.latents = windows, []
-        device = next(vae.parameters()).device
-
-        def encode(frames):
-            with torch.no_grad():
-                return torch.cat([vae.encode(signed_pixels(frames[i:i + chunk]).to(device)).latent_dist.mode()
-                                  .float().cpu() for i in range(0, len(frames), chunk)])
-
         for name in windows.clips:
             frames = load_clip(windows.cache_dir, name)["frames"]
             orders = COLOUR_ORDERS[:windows.colour_orders]
-            self.latents.append([encode(frames[..., list(order)]) for order in orders])
+            self.latents.append([encode_frames(vae, frames[..., list(order)], chunk) for order in orders])
 
     def __len__(self) -> int:
         return len(self.windows)
