@@ -3,8 +3,8 @@
 A random crop of the frame, each side 1/stretch .. 1 of the frame's (drawn independently, so the person
 also comes out wider or taller), resized back to the frame size, the same crop for every image of the
 window: frames, reference, body renders and skeletons stay aligned. On a few hundred clips it shows the
-model body widths, sizes and places in the frame its clips never had, so it learns to follow the guidance
-instead of remembering each clip's person.
+model body widths, sizes and places in the frame its clips never had, so it has to follow the guidance
+rather than remember each clip's person (measured: `vividpose/weights/TRAINING.md`).
 """
 from __future__ import annotations
 
