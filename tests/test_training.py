@@ -443,7 +443,7 @@ def test_stretch_crops_each_window_alike_with_a_box_drawn_from_its_key(tiny_data
 
     base = tiny_task(data, ae)
     base.c = VividPoseTaskConfig(**dict(vars(base.c), stretch=1.6))
-    base.build()
+    vae = base.build().vae
     batch = collate([base.dataset()[i] for i in (0, 1)])
     spy = Spy()
     base.loss(spy, batch, [11, 12], drop=False)
@@ -460,7 +460,7 @@ def test_stretch_crops_each_window_alike_with_a_box_drawn_from_its_key(tiny_data
         assert torch.equal(render[i], crop_and_resize(batch["render"][i], box))
         assert torch.equal(skeleton[i], crop_and_resize(batch["skeleton"][i], box))
         frames = crop_and_resize(batch["frames"][i], box)
-        assert torch.allclose(latents[i], encode_frames(base._vae, frames))
+        assert torch.allclose(latents[i], encode_frames(vae, frames))
     base.c = VividPoseTaskConfig(**dict(vars(base.c), stretch=1.0))
     base.loss(spy, batch, [11, 12], drop=False)
     assert torch.equal(spy.seen[0], batch["latents"]) and torch.equal(spy.seen[1], batch["reference"])
