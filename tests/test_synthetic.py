@@ -222,3 +222,20 @@ def test_pck_of_the_ground_truth_against_itself(clip):
     assert pck(clip.pose_frames(), clip) == 1.0
     swapped = clip.joints2d[:, [0, 1, 5, 6, 7, 2, 3, 4, 11, 12, 13, 8, 9, 10, 15, 14, 17, 16]]
     assert pck(swapped, clip, alpha=0.05) < 0.6    # left/right confusions are caught
+
+
+def test_bowing_and_bending_move_the_head_on_straight_legs():
+    """The training set's bow and bend: the head leaves its standing place (down and towards the camera, or
+    sideways) while the knees stay straight and the feet stay put: shoulders move without squatting."""
+    from marionette.models.synthetic.actor import DRIVER, pose_actor, procedural_motion
+    standing = pose_actor(DRIVER, procedural_motion("still", 1, 12.0, 0))
+    labels = list(standing.labels)
+    nose, hip, ankle = (labels.index(n) for n in ("nose", "left_hip", "left_ankle"))
+    head = standing.keypoints[0, nose]
+    for motion, axis, sign in (("bow", 2, -1), ("bow", 1, -1), ("bend", 0, -1), ("bend", 0, 1)):
+        kps = pose_actor(DRIVER, procedural_motion(motion, 24, 12.0, 0)).keypoints
+        height = head[2]
+        assert (sign * (kps[:, nose, axis] - head[axis])).max() > 0.15 * height, (motion, axis, sign)
+        leg = np.linalg.norm(kps[:, hip] - kps[:, ankle], axis=1)
+        assert np.ptp(leg) < 0.01 * height, motion                        # knees straight
+        assert np.abs(kps[:, ankle] - standing.keypoints[0, ankle]).max() < 0.01 * height, motion

@@ -49,6 +49,11 @@ def test_the_video_set_holds_out_squats_and_heavy_bodies(prepared):
     train = [clip_spec(0, "train", i) for i in range(200)]
     assert not any("squat" in c["motion"] or c["phenotype"]["weight"] > HELDOUT_WEIGHT for c in train)
     assert len({c["motion"] for c in train}) > 5
+    extra = [clip_spec(0, "extra", i) for i in range(100)]                # --extra: bowing and bending clips
+    assert all(c["split"] == "train" and c["name"] == f"extra_{i:03d}" for i, c in enumerate(extra))
+    assert not any("squat" in c["motion"] or c["phenotype"]["weight"] > HELDOUT_WEIGHT for c in extra)
+    assert all(("bow" in c["motion"]) != ("bend" in c["motion"]) for c in extra)
+    assert {c["appearance_seed"] for c in extra}.isdisjoint({c["appearance_seed"] for c in train})
     with np.load(prepared["videos"] / "train_000.mask.npz") as data:
         masks = data["masks"]
     assert masks.shape == (T, H, W) and masks.dtype == bool and 0.05 < masks.mean() < 0.5

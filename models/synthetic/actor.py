@@ -171,6 +171,22 @@ def _squat(pose: dict, t: float, amp: float) -> None:
     _add(pose, "spine04", rotation(X, 25 * depth))
 
 
+def _bow(pose: dict, t: float, amp: float) -> None:
+    """The torso bows forward from the lower spine, knees straight, once per 2 s: the head and shoulders
+    come down and towards the camera (spine +X leans forward)."""
+    depth = (0.5 - 0.5 * math.cos(2 * math.pi * t / 2.0)) * amp
+    for bone, degrees in (("spine05", 25), ("spine04", 15), ("spine03", 10)):
+        _add(pose, bone, rotation(X, degrees * depth))
+
+
+def _bend(pose: dict, t: float, amp: float) -> None:
+    """The torso bends to the left and right from the lower spine, knees straight, once per 2 s: the head
+    and shoulders sway sideways and a little down (spine +Y leans to the actor's left)."""
+    side = math.sin(2 * math.pi * t / 2.0) * amp
+    for bone, degrees in (("spine05", 18), ("spine04", 12), ("spine03", 8)):
+        _add(pose, bone, rotation(Y, degrees * side))
+
+
 def _neutral(pose: dict) -> None:
     """A relaxed standing pose: arms lowered from anny's A-pose, forearms hanging."""
     for side, sign in SIDES.items():
@@ -178,7 +194,8 @@ def _neutral(pose: dict) -> None:
         _add(pose, f"lowerarm01.{side}", rotation(Y, sign * 8))
 
 
-MOTIONS = ("still", "walk", "wave", "arms", "turn", "squat")
+FIRST_MOTIONS = ("still", "walk", "wave", "arms", "turn", "squat")
+MOTIONS = FIRST_MOTIONS + ("bow", "bend")
 
 
 def parse_motion(motion: str) -> list[str]:
@@ -199,8 +216,10 @@ def procedural_motion(motion: str, frames: int, fps: float, seed: int = 0) -> li
     if frames < 1 or fps <= 0:
         raise MarionetteError(f"Bad clip length: frames={frames}, fps={fps}.", "Use frames >= 1 and fps > 0.")
     rng = np.random.default_rng(seed)
-    amp = {k: float(rng.uniform(0.85, 1.15)) for k in MOTIONS}
+    amp = {k: float(rng.uniform(0.85, 1.15)) for k in FIRST_MOTIONS}
     t0 = float(rng.uniform(0.0, 0.25))
+    # motions added later draw after t0, so a seed still gives the clips it gave before they existed
+    amp.update({k: float(rng.uniform(0.85, 1.15)) for k in MOTIONS[len(FIRST_MOTIONS):]})
     duration = frames / fps
     poses = []
     for i in range(frames):
@@ -218,6 +237,10 @@ def procedural_motion(motion: str, frames: int, fps: float, seed: int = 0) -> li
                 _turn(pose, i / fps, amp[kind], duration)
             elif kind == "squat":
                 _squat(pose, t, amp[kind])
+            elif kind == "bow":
+                _bow(pose, t, amp[kind])
+            elif kind == "bend":
+                _bend(pose, t, amp[kind])
         poses.append(pose)
     return poses
 

@@ -1,14 +1,17 @@
 """A folder of synthetic training videos: random Anny bodies, clothes and motions, with person masks.
 
-    python -m models.synthetic.video_set --out DIR [--train 64 --heldout 8 --width 192 --height 256
-                                                    --frames 24 --seed 0]
+    python -m models.synthetic.video_set --out DIR [--train 64 --heldout 8 --extra 0 --width 192
+                                                    --height 256 --frames 24 --seed 0]
 
 Writes DIR/<name>.mp4, DIR/<name>.mask.npz (bool [T, H, W] under "masks") and DIR/manifest.json.
 
 Held-out clips test generalisation to bodies AND motions training never saw:
 - motions: every combination containing "squat" is held out (train clips never squat);
 - bodies: weight above HELDOUT_WEIGHT (heavy builds) is held out (train clips stay below it).
-Every clip is reproducible from (--seed, split, index) alone, whatever the clip counts.
+`--extra N` adds N training clips (`extra_000`, ...) whose torsos bow forward or bend sideways with straight
+knees (EXTRA_MOTIONS), so training sees heads and shoulders leave their place in the reference, which the
+first motions never do; they never squat and stay below the held-out weight.
+Every clip is reproducible from (--seed, kind, index) alone, whatever the clip counts.
 """
 from __future__ import annotations
 
@@ -31,20 +34,24 @@ HELDOUT_WEIGHT = 0.8
 TRAIN_MOTIONS = ("still", "walk", "wave", "arms", "turn", "spin", "walk+wave", "walk+turn", "wave+turn",
                  "arms+turn", "walk+wave+turn")
 HELDOUT_MOTIONS = ("squat", "squat+wave", "squat+turn", "squat+arms")
-SPLITS = {"train": 0, "heldout": 1}
+EXTRA_MOTIONS = ("bow", "bend", "bow+wave", "bow+arms", "bend+wave", "bend+turn", "bow+walk")
+# kind -> (its random stream, split, motions); "extra" clips are training clips from their own stream
+KINDS = {"train": (0, "train", TRAIN_MOTIONS), "heldout": (1, "heldout", HELDOUT_MOTIONS),
+         "extra": (2, "train", EXTRA_MOTIONS)}
 # (low, high) of each phenotype value: adults of all builds; weight is split between train and held-out.
 RANGES = {"gender": (0.0, 1.0), "age": (0.45, 0.9), "muscle": (0.2, 0.8), "height": (0.1, 0.9),
           "proportions": (0.2, 0.8)}
 WEIGHT = {"train": (0.1, HELDOUT_WEIGHT), "heldout": (HELDOUT_WEIGHT, 1.0)}
 
 
-def clip_spec(seed: int, split: str, index: int) -> dict:
-    """The recipe of one clip: name, split, phenotype, appearance seed, motion and motion seed."""
-    rng = np.random.default_rng([int(seed), SPLITS[split], int(index)])
+def clip_spec(seed: int, kind: str, index: int) -> dict:
+    """The recipe of one clip of `kind` (train, heldout or extra): name, split, phenotype, appearance seed,
+    motion and motion seed."""
+    stream, split, motions = KINDS[kind]
+    rng = np.random.default_rng([int(seed), stream, int(index)])
     ranges = dict(RANGES, weight=WEIGHT[split])
     phenotype = {k: round(float(rng.uniform(*ranges[k])), 4) for k in PHENOTYPE_KEYS}
-    motions = TRAIN_MOTIONS if split == "train" else HELDOUT_MOTIONS
-    return {"name": f"{split}_{index:03d}", "split": split, "phenotype": phenotype,
+    return {"name": f"{kind}_{index:03d}", "split": split, "phenotype": phenotype,
             "appearance_seed": int(rng.integers(2**31)), "motion": motions[int(rng.integers(len(motions)))],
             "seed": int(rng.integers(2**31))}
 
@@ -90,15 +97,15 @@ def _write_json(path: Path, data) -> None:
 
 
 def render_video_set(out: str, train: int = 64, heldout: int = 8, width: int = 192, height: int = 256,
-                     frames: int = 24, seed: int = 0, progress=print) -> list[dict]:
+                     frames: int = 24, seed: int = 0, progress=print, extra: int = 0) -> list[dict]:
     """Renders the set into `out` (see the module doc); returns the manifest's clip entries."""
-    if train < 0 or heldout < 0 or not 1 <= frames <= 1000:
-        raise MarionetteError(f"Bad set size: train={train}, heldout={heldout}, frames={frames}.",
+    if min(train, heldout, extra) < 0 or not 1 <= frames <= 1000:
+        raise MarionetteError(f"Bad set size: train={train}, heldout={heldout}, extra={extra}, frames={frames}.",
                               "Use non-negative clip counts and 1..1000 frames.")
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
-    specs = [clip_spec(seed, "train", i) for i in range(train)] + \
-        [clip_spec(seed, "heldout", i) for i in range(heldout)]
+    specs = [clip_spec(seed, kind, i) for kind, count in (("train", train), ("heldout", heldout), ("extra", extra))
+             for i in range(count)]
     settings = {"width": width, "height": height, "frames": frames, "fps": FPS, "fill": FILL, "seed": seed,
                 "heldout_rule": f"heldout clips squat and have weight > {HELDOUT_WEIGHT}; train clips neither"}
     done = []
@@ -119,12 +126,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--train", type=int, default=64)
     parser.add_argument("--heldout", type=int, default=8)
+    parser.add_argument("--extra", type=int, default=0, help="training clips that bow or bend (see the module doc)")
     parser.add_argument("--width", type=int, default=192)
     parser.add_argument("--height", type=int, default=256)
     parser.add_argument("--frames", type=int, default=24)
     parser.add_argument("--seed", type=int, default=0)
     a = parser.parse_args(argv)
-    render_video_set(a.out, a.train, a.heldout, a.width, a.height, a.frames, a.seed)
+    render_video_set(a.out, a.train, a.heldout, a.width, a.height, a.frames, a.seed, extra=a.extra)
 
 
 if __name__ == "__main__":
