@@ -127,6 +127,11 @@ def _add(pose: dict, bone: str, rot: np.ndarray) -> None:
     pose[bone] = rot @ pose.get(bone, np.eye(3))
 
 
+def _rise_and_fall(t: float) -> float:
+    """0 -> 1 -> 0 once per 2 s (at time t in seconds): the arms', squat's and bow's cycle."""
+    return 0.5 - 0.5 * math.cos(2 * math.pi * t / 2.0)
+
+
 def _walk(pose: dict, t: float, amp: float) -> None:
     """Walking in place: alternate knee lifts, counter-swinging arms, a little torso twist."""
     phase = 2 * math.pi * t  # one stride cycle per second
@@ -150,7 +155,7 @@ def _wave(pose: dict, t: float, amp: float) -> None:
 
 def _arms(pose: dict, t: float, amp: float) -> None:
     """Both arms rise sideways to above the head and come back down, once per 2 s."""
-    up = 0.5 - 0.5 * math.cos(2 * math.pi * t / 2.0)
+    up = _rise_and_fall(t)
     for side, sign in SIDES.items():
         _add(pose, f"upperarm01.{side}", rotation(Y, -sign * 110 * amp * up))
 
@@ -162,7 +167,7 @@ def _turn(pose: dict, t: float, amp: float, duration: float) -> None:
 
 def _squat(pose: dict, t: float, amp: float) -> None:
     """Knees and hips bend together (a shallow squat), once per 2 s; arms reach forward."""
-    depth = (0.5 - 0.5 * math.cos(2 * math.pi * t / 2.0)) * amp
+    depth = _rise_and_fall(t) * amp
     for side in SIDES:
         _add(pose, f"upperleg01.{side}", rotation(X, -70 * depth))
         _add(pose, f"lowerleg01.{side}", rotation(X, 110 * depth))
@@ -174,7 +179,7 @@ def _squat(pose: dict, t: float, amp: float) -> None:
 def _bow(pose: dict, t: float, amp: float) -> None:
     """The torso bows forward from the lower spine, knees straight, once per 2 s: the head and shoulders
     come down and towards the camera (spine +X leans forward)."""
-    depth = (0.5 - 0.5 * math.cos(2 * math.pi * t / 2.0)) * amp
+    depth = _rise_and_fall(t) * amp
     for bone, degrees in (("spine05", 25), ("spine04", 15), ("spine03", 10)):
         _add(pose, bone, rotation(X, degrees * depth))
 
@@ -195,7 +200,8 @@ def _neutral(pose: dict) -> None:
 
 
 FIRST_MOTIONS = ("still", "walk", "wave", "arms", "turn", "squat")
-MOTIONS = FIRST_MOTIONS + ("bow", "bend")
+LATER_MOTIONS = ("bow", "bend")
+MOTIONS = FIRST_MOTIONS + LATER_MOTIONS
 
 
 def parse_motion(motion: str) -> list[str]:
@@ -219,7 +225,7 @@ def procedural_motion(motion: str, frames: int, fps: float, seed: int = 0) -> li
     amp = {k: float(rng.uniform(0.85, 1.15)) for k in FIRST_MOTIONS}
     t0 = float(rng.uniform(0.0, 0.25))
     # motions added later draw after t0, so a seed still gives the clips it gave before they existed
-    amp.update({k: float(rng.uniform(0.85, 1.15)) for k in MOTIONS[len(FIRST_MOTIONS):]})
+    amp.update({k: float(rng.uniform(0.85, 1.15)) for k in LATER_MOTIONS})
     duration = frames / fps
     poses = []
     for i in range(frames):
