@@ -241,6 +241,25 @@ def test_bowing_and_bending_move_the_head_on_straight_legs():
         assert np.abs(kps[:, ankle] - standing.keypoints[0, ankle]).max() < 0.01 * height, motion
 
 
+def test_kneeling_lowers_the_body_as_far_as_a_squat_on_asymmetric_legs():
+    """The training set's kneel: the head comes down most of the way it does in the held-out squat (which
+    also leans forward), one knee forward and one on the floor (a squat keeps both knees level)."""
+    from marionette.models.synthetic.actor import DRIVER, pose_actor, procedural_motion
+    drops, knees = {}, {}
+    for motion in ("squat", "kneel"):
+        posed = pose_actor(DRIVER, procedural_motion(motion, 24, 12.0, 0))
+        labels = list(posed.labels)
+        kps = posed.keypoints
+        nose, lk, rk = (labels.index(n) for n in ("nose", "left_knee", "right_knee"))
+        drops[motion] = kps[0, nose, 2] - kps[:, nose, 2].min()
+        low = kps[:, nose, 2].argmin()
+        knees[motion] = kps[low, [lk, rk], 2]
+        assert posed.vertices[..., 2].min() == 0.0
+    assert drops["kneel"] > 0.6 * drops["squat"] > 0.3
+    assert abs(knees["squat"][0] - knees["squat"][1]) < 0.05
+    assert knees["kneel"][0] - knees["kneel"][1] > 0.25 and knees["kneel"][1] < 0.15   # left up, right down
+
+
 def test_a_seed_still_gives_the_motion_it_gave_before_bow_and_bend():
     """The cached training clips were rendered before bow and bend existed: a seed's earlier motions must not
     change (values printed by the code of that time for walk+wave+turn, seed 7)."""

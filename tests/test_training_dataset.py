@@ -54,6 +54,11 @@ def test_the_video_set_holds_out_squats_and_heavy_bodies(prepared):
     assert not any("squat" in c["motion"] or c["phenotype"]["weight"] > HELDOUT_WEIGHT for c in extra)
     assert all(("bow" in c["motion"]) != ("bend" in c["motion"]) for c in extra)
     assert {c["appearance_seed"] for c in extra}.isdisjoint({c["appearance_seed"] for c in train})
+    kneel = [clip_spec(0, "kneel", i) for i in range(100)]                # --kneel: kneeling clips
+    assert all(c["split"] == "train" and c["name"] == f"kneel_{i:03d}" for i, c in enumerate(kneel))
+    assert all("kneel" in c["motion"] and "squat" not in c["motion"] for c in kneel)
+    assert not any(c["phenotype"]["weight"] > HELDOUT_WEIGHT for c in kneel)
+    assert {c["appearance_seed"] for c in kneel}.isdisjoint({c["appearance_seed"] for c in train + extra})
     with np.load(prepared["videos"] / "train_000.mask.npz") as data:
         masks = data["masks"]
     assert masks.shape == (T, H, W) and masks.dtype == bool and 0.05 < masks.mean() < 0.5

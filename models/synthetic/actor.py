@@ -192,6 +192,18 @@ def _bend(pose: dict, t: float, amp: float) -> None:
         _add(pose, bone, rotation(Y, degrees * side))
 
 
+def _kneel(pose: dict, t: float, amp: float) -> None:
+    """Down on the right knee and up again, once per 2 s, torso upright: the left thigh comes forward to
+    level with the shin upright, the right knee drops to the floor behind it (the whole body lowers like a
+    squat does, the legs asymmetric and the arms left to the other motions)."""
+    depth = _rise_and_fall(t) * amp
+    _add(pose, "upperleg01.L", rotation(X, -85 * depth))
+    _add(pose, "lowerleg01.L", rotation(X, 90 * depth))
+    _add(pose, "upperleg01.R", rotation(X, 10 * depth))
+    _add(pose, "lowerleg01.R", rotation(X, 95 * depth))
+    _add(pose, "foot.R", rotation(X, 30 * depth))
+
+
 def _neutral(pose: dict) -> None:
     """A relaxed standing pose: arms lowered from anny's A-pose, forearms hanging."""
     for side, sign in SIDES.items():
@@ -200,7 +212,7 @@ def _neutral(pose: dict) -> None:
 
 
 FIRST_MOTIONS = ("still", "walk", "wave", "arms", "turn", "squat")
-LATER_MOTIONS = ("bow", "bend")
+LATER_MOTIONS = ("bow", "bend", "kneel")
 MOTIONS = FIRST_MOTIONS + LATER_MOTIONS
 
 
@@ -247,6 +259,8 @@ def procedural_motion(motion: str, frames: int, fps: float, seed: int = 0) -> li
                 _bow(pose, t, amp[kind])
             elif kind == "bend":
                 _bend(pose, t, amp[kind])
+            elif kind == "kneel":
+                _kneel(pose, t, amp[kind])
         poses.append(pose)
     return poses
 

@@ -1,6 +1,6 @@
 """A folder of synthetic training videos: random Anny bodies, clothes and motions, with person masks.
 
-    python -m models.synthetic.video_set --out DIR [--train 64 --heldout 8 --extra 0 --width 192
+    python -m models.synthetic.video_set --out DIR [--train 64 --heldout 8 --extra 0 --kneel 0 --width 192
                                                     --height 256 --frames 24 --seed 0]
 
 Writes DIR/<name>.mp4, DIR/<name>.mask.npz (bool [T, H, W] under "masks") and DIR/manifest.json.
@@ -11,6 +11,8 @@ Held-out clips test generalisation to bodies AND motions training never saw:
 `--extra N` adds N training clips (`extra_000`, ...) whose torsos bow forward or bend sideways with straight
 knees (EXTRA_MOTIONS), so training sees heads and shoulders leave their place in the reference, which the
 first motions never do; they never squat and stay below the held-out weight.
+`--kneel N` adds N training clips (`kneel_000`, ...) that go down on one knee and up again (KNEEL_MOTIONS): the
+whole body lowers most of the way it does in the held-out squats, on other legs (one knee forward, one down).
 Every clip is reproducible from (--seed, kind, index) alone, whatever the clip counts.
 """
 from __future__ import annotations
@@ -35,9 +37,10 @@ TRAIN_MOTIONS = ("still", "walk", "wave", "arms", "turn", "spin", "walk+wave", "
                  "arms+turn", "walk+wave+turn")
 HELDOUT_MOTIONS = ("squat", "squat+wave", "squat+turn", "squat+arms")
 EXTRA_MOTIONS = ("bow", "bend", "bow+wave", "bow+arms", "bend+wave", "bend+turn", "bow+walk")
-# kind -> (its random stream, split, motions); "extra" clips are training clips from their own stream
+KNEEL_MOTIONS = ("kneel", "kneel+wave", "kneel+arms", "kneel+turn")
+# kind -> (its random stream, split, motions); "extra" and "kneel" clips are training clips from their own streams
 KINDS = {"train": (0, "train", TRAIN_MOTIONS), "heldout": (1, "heldout", HELDOUT_MOTIONS),
-         "extra": (2, "train", EXTRA_MOTIONS)}
+         "extra": (2, "train", EXTRA_MOTIONS), "kneel": (3, "train", KNEEL_MOTIONS)}
 # (low, high) of each phenotype value: adults of all builds; weight is split between train and held-out.
 RANGES = {"gender": (0.0, 1.0), "age": (0.45, 0.9), "muscle": (0.2, 0.8), "height": (0.1, 0.9),
           "proportions": (0.2, 0.8)}
@@ -45,7 +48,7 @@ WEIGHT = {"train": (0.1, HELDOUT_WEIGHT), "heldout": (HELDOUT_WEIGHT, 1.0)}
 
 
 def clip_spec(seed: int, kind: str, index: int) -> dict:
-    """The recipe of one clip of `kind` (train, heldout or extra): name, split, phenotype, appearance seed,
+    """The recipe of one clip of `kind` (train, heldout, extra or kneel): name, split, phenotype, appearance seed,
     motion and motion seed."""
     stream, split, motions = KINDS[kind]
     rng = np.random.default_rng([int(seed), stream, int(index)])
@@ -97,15 +100,15 @@ def _write_json(path: Path, data) -> None:
 
 
 def render_video_set(out: str, train: int = 64, heldout: int = 8, width: int = 192, height: int = 256,
-                     frames: int = 24, seed: int = 0, progress=print, extra: int = 0) -> list[dict]:
+                     frames: int = 24, seed: int = 0, progress=print, extra: int = 0, kneel: int = 0) -> list[dict]:
     """Renders the set into `out` (see the module doc); returns the manifest's clip entries."""
-    if min(train, heldout, extra) < 0 or not 1 <= frames <= 1000:
-        raise MarionetteError(f"Bad set size: train={train}, heldout={heldout}, extra={extra}, frames={frames}.",
+    counts = {"train": train, "heldout": heldout, "extra": extra, "kneel": kneel}
+    if min(counts.values()) < 0 or not 1 <= frames <= 1000:
+        raise MarionetteError(f"Bad set size: {counts}, frames={frames}.",
                               "Use non-negative clip counts and 1..1000 frames.")
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
-    specs = [clip_spec(seed, kind, i) for kind, count in (("train", train), ("heldout", heldout), ("extra", extra))
-             for i in range(count)]
+    specs = [clip_spec(seed, kind, i) for kind, count in counts.items() for i in range(count)]
     settings = {"width": width, "height": height, "frames": frames, "fps": FPS, "fill": FILL, "seed": seed,
                 "heldout_rule": f"heldout clips squat and have weight > {HELDOUT_WEIGHT}; train clips neither"}
     done = []
@@ -127,12 +130,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train", type=int, default=64)
     parser.add_argument("--heldout", type=int, default=8)
     parser.add_argument("--extra", type=int, default=0, help="training clips that bow or bend (see the module doc)")
+    parser.add_argument("--kneel", type=int, default=0, help="training clips that kneel (see the module doc)")
     parser.add_argument("--width", type=int, default=192)
     parser.add_argument("--height", type=int, default=256)
     parser.add_argument("--frames", type=int, default=24)
     parser.add_argument("--seed", type=int, default=0)
     a = parser.parse_args(argv)
-    render_video_set(a.out, a.train, a.heldout, a.width, a.height, a.frames, a.seed, extra=a.extra)
+    render_video_set(a.out, a.train, a.heldout, a.width, a.height, a.frames, a.seed, extra=a.extra,
+                     kneel=a.kneel)
 
 
 if __name__ == "__main__":
