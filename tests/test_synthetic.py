@@ -241,7 +241,7 @@ def test_bowing_and_bending_move_the_head_on_straight_legs():
         assert np.abs(kps[:, ankle] - standing.keypoints[0, ankle]).max() < 0.01 * height, motion
 
 
-def test_kneeling_lowers_the_body_as_far_as_a_squat_on_asymmetric_legs():
+def test_kneeling_lowers_the_body_most_of_the_way_a_squat_does_on_asymmetric_legs():
     """The training set's kneel: the head comes down most of the way it does in the held-out squat (which
     also leans forward), one knee forward and one on the floor (a squat keeps both knees level)."""
     from marionette.models.synthetic.actor import DRIVER, pose_actor, procedural_motion
