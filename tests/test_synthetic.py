@@ -260,9 +260,9 @@ def test_kneeling_lowers_the_body_most_of_the_way_a_squat_does_on_asymmetric_leg
     assert knees["kneel"][0] - knees["kneel"][1] > 0.25 and knees["kneel"][1] < 0.15   # left up, right down
 
 
-def test_a_seed_still_gives_the_motion_it_gave_before_bow_and_bend():
-    """The cached training clips were rendered before bow and bend existed: a seed's earlier motions must not
-    change (values printed by the code of that time for walk+wave+turn, seed 7)."""
+def test_a_seed_still_gives_the_motion_it_gave_before_the_later_motions():
+    """The cached training clips were rendered before bow, bend and kneel existed: a seed's earlier motions must
+    not change (values printed by the code before bow and bend for walk+wave+turn, seed 7)."""
     from marionette.models.synthetic.actor import procedural_motion
     poses = procedural_motion("walk+wave+turn", 5, 12.0, seed=7)
     got = [poses[4]["upperarm01.R"][0, 1], poses[3]["root"][0, 1], poses[2]["spine03"][1, 0]]

@@ -128,7 +128,7 @@ def _add(pose: dict, bone: str, rot: np.ndarray) -> None:
 
 
 def _rise_and_fall(t: float) -> float:
-    """0 -> 1 -> 0 once per 2 s (at time t in seconds): the arms', squat's and bow's cycle."""
+    """0 -> 1 -> 0 once per 2 s (at time t in seconds): the cycle of arms, squat, bow and kneel."""
     return 0.5 - 0.5 * math.cos(2 * math.pi * t / 2.0)
 
 
