@@ -260,9 +260,43 @@ def test_kneeling_lowers_the_body_most_of_the_way_a_squat_does_on_asymmetric_leg
     assert knees["kneel"][0] - knees["kneel"][1] > 0.25 and knees["kneel"][1] < 0.15   # left up, right down
 
 
+def test_a_lunge_lowers_the_body_on_split_legs_with_the_back_knee_off_the_floor():
+    """The training set's lunge: the left foot forward, the right back, the head lower than standing but less
+    than in a kneel, whose back knee rests on the floor where the lunge's stays above it."""
+    from marionette.models.synthetic.actor import DRIVER, pose_actor, procedural_motion
+    drops, low_knees = {}, {}
+    for motion in ("kneel", "lunge"):
+        posed = pose_actor(DRIVER, procedural_motion(motion, 24, 12.0, 0))
+        labels = list(posed.labels)
+        kps = posed.keypoints
+        nose, lk, rk, la, ra = (labels.index(n) for n in ("nose", "left_knee", "right_knee", "left_ankle",
+                                                           "right_ankle"))
+        drops[motion] = kps[0, nose, 2] - kps[:, nose, 2].min()
+        low = kps[:, nose, 2].argmin()
+        low_knees[motion] = kps[low, rk, 2]
+        assert kps[low, lk, 2] - kps[low, rk, 2] > 0.25                    # front knee up, back knee down
+        assert kps[low, ra, 1] - kps[low, la, 1] > 0.8                      # feet split along the view axis
+    assert 0.3 < drops["lunge"] < drops["kneel"]
+    assert low_knees["lunge"] > 0.2 and low_knees["kneel"] < 0.1
+
+
+def test_reaching_brings_both_wrists_forward_to_shoulder_height():
+    from marionette.models.synthetic.actor import DRIVER, pose_actor, procedural_motion
+    posed = pose_actor(DRIVER, procedural_motion("reach", 24, 12.0, 0))
+    labels = list(posed.labels)
+    kps = posed.keypoints
+    for side in ("left", "right"):
+        wrist, shoulder = labels.index(f"{side}_wrist"), labels.index(f"{side}_shoulder")
+        rise = kps[:, wrist, 2] - kps[:, shoulder, 2]
+        top = rise.argmax()
+        assert abs(rise[top]) < 0.1 and rise[0] < -0.4                     # from hanging to shoulder height
+        assert kps[0, wrist, 1] - kps[top, wrist, 1] > 0.3                   # and forward (-y faces the camera)
+    assert np.ptp(kps[:, labels.index("nose")], axis=0).max() < 0.01       # the body stays where it is
+
+
 def test_a_seed_still_gives_the_motion_it_gave_before_the_later_motions():
-    """The cached training clips were rendered before bow, bend and kneel existed: a seed's earlier motions must
-    not change (values printed by the code before bow and bend for walk+wave+turn, seed 7)."""
+    """The cached training clips were rendered before bow, bend, kneel, lunge and reach existed: a seed's earlier
+    motions must not change (values printed by the code before bow and bend for walk+wave+turn, seed 7)."""
     from marionette.models.synthetic.actor import procedural_motion
     poses = procedural_motion("walk+wave+turn", 5, 12.0, seed=7)
     got = [poses[4]["upperarm01.R"][0, 1], poses[3]["root"][0, 1], poses[2]["spine03"][1, 0]]

@@ -59,6 +59,11 @@ def test_the_video_set_holds_out_squats_and_heavy_bodies(prepared):
     assert all("kneel" in c["motion"] and "squat" not in c["motion"] for c in kneel)
     assert not any(c["phenotype"]["weight"] > HELDOUT_WEIGHT for c in kneel)
     assert {c["appearance_seed"] for c in kneel}.isdisjoint({c["appearance_seed"] for c in train + extra})
+    lunge = [clip_spec(0, "lunge", i) for i in range(100)]                # --lunge: lunging and reaching clips
+    assert all(c["split"] == "train" and c["name"] == f"lunge_{i:03d}" for i, c in enumerate(lunge))
+    assert all(("lunge" in c["motion"] or "reach" in c["motion"]) and "squat" not in c["motion"] for c in lunge)
+    assert not any(c["phenotype"]["weight"] > HELDOUT_WEIGHT for c in lunge)
+    assert {c["appearance_seed"] for c in lunge}.isdisjoint({c["appearance_seed"] for c in train + extra + kneel})
     with np.load(prepared["videos"] / "train_000.mask.npz") as data:
         masks = data["masks"]
     assert masks.shape == (T, H, W) and masks.dtype == bool and 0.05 < masks.mean() < 0.5

@@ -128,7 +128,7 @@ def _add(pose: dict, bone: str, rot: np.ndarray) -> None:
 
 
 def _rise_and_fall(t: float) -> float:
-    """0 -> 1 -> 0 once per 2 s (at time t in seconds): the cycle of arms, squat, bow and kneel."""
+    """0 -> 1 -> 0 once per 2 s (at time t in seconds): the cycle of arms, squat, bow, kneel, lunge and reach."""
     return 0.5 - 0.5 * math.cos(2 * math.pi * t / 2.0)
 
 
@@ -204,6 +204,26 @@ def _kneel(pose: dict, t: float, amp: float) -> None:
     _add(pose, "foot.R", rotation(X, 30 * depth))
 
 
+def _lunge(pose: dict, t: float, amp: float) -> None:
+    """A forward lunge and back, once per 2 s, torso upright: the left foot steps forward with its knee bent,
+    the right leg stays back with its knee bent and off the floor (the body lowers less than in a kneel)."""
+    depth = _rise_and_fall(t) * amp
+    _add(pose, "upperleg01.L", rotation(X, -60 * depth))
+    _add(pose, "lowerleg01.L", rotation(X, 70 * depth))
+    _add(pose, "foot.L", rotation(X, -10 * depth))
+    _add(pose, "upperleg01.R", rotation(X, 20 * depth))
+    _add(pose, "lowerleg01.R", rotation(X, 60 * depth))
+    _add(pose, "foot.R", rotation(X, 25 * depth))
+
+
+def _reach(pose: dict, t: float, amp: float) -> None:
+    """Both arms reach forward to shoulder height, elbows nearly straight, and come back, once per 2 s."""
+    up = _rise_and_fall(t) * amp
+    for side in SIDES:
+        _add(pose, f"upperarm01.{side}", rotation(X, -85 * up))
+        _add(pose, f"lowerarm01.{side}", rotation(X, -10 * up))
+
+
 def _neutral(pose: dict) -> None:
     """A relaxed standing pose: arms lowered from anny's A-pose, forearms hanging."""
     for side, sign in SIDES.items():
@@ -211,8 +231,11 @@ def _neutral(pose: dict) -> None:
         _add(pose, f"lowerarm01.{side}", rotation(Y, sign * 8))
 
 
+# the motions of one cycle per 2 s (or per stride); "turn" takes the clip's length and "still" does nothing
+_MOVES = {"walk": _walk, "wave": _wave, "arms": _arms, "squat": _squat, "bow": _bow, "bend": _bend,
+          "kneel": _kneel, "lunge": _lunge, "reach": _reach}
 FIRST_MOTIONS = ("still", "walk", "wave", "arms", "turn", "squat")
-LATER_MOTIONS = ("bow", "bend", "kneel")
+LATER_MOTIONS = ("bow", "bend", "kneel", "lunge", "reach")
 MOTIONS = FIRST_MOTIONS + LATER_MOTIONS
 
 
@@ -245,22 +268,10 @@ def procedural_motion(motion: str, frames: int, fps: float, seed: int = 0) -> li
         if "walk" not in kinds and "squat" not in kinds and "arms" not in kinds:
             _neutral(pose)
         for kind in kinds:
-            if kind == "walk":
-                _walk(pose, t, amp[kind])
-            elif kind == "wave":
-                _wave(pose, t, amp[kind])
-            elif kind == "arms":
-                _arms(pose, t, amp[kind])
-            elif kind == "turn":
+            if kind == "turn":
                 _turn(pose, i / fps, amp[kind], duration)
-            elif kind == "squat":
-                _squat(pose, t, amp[kind])
-            elif kind == "bow":
-                _bow(pose, t, amp[kind])
-            elif kind == "bend":
-                _bend(pose, t, amp[kind])
-            elif kind == "kneel":
-                _kneel(pose, t, amp[kind])
+            elif kind != "still":
+                _MOVES[kind](pose, t, amp[kind])
         poses.append(pose)
     return poses
 

@@ -1,7 +1,7 @@
 """A folder of synthetic training videos: random Anny bodies, clothes and motions, with person masks.
 
-    python -m models.synthetic.video_set --out DIR [--train 64 --heldout 8 --extra 0 --kneel 0 --width 192
-                                                    --height 256 --frames 24 --seed 0]
+    python -m models.synthetic.video_set --out DIR [--train 64 --heldout 8 --extra 0 --kneel 0 --lunge 0
+                                                    --width 192 --height 256 --frames 24 --seed 0]
 
 Writes DIR/<name>.mp4, DIR/<name>.mask.npz (bool [T, H, W] under "masks") and DIR/manifest.json.
 
@@ -13,6 +13,9 @@ knees (EXTRA_MOTIONS), so training sees heads and shoulders leave their place in
 first motions never do; they never squat and stay below the held-out weight.
 `--kneel N` adds N training clips (`kneel_000`, ...) that go down on one knee and up again (KNEEL_MOTIONS): the
 whole body lowers most of the way it does in the held-out squats, on other legs (one knee forward, one down).
+`--lunge N` adds N training clips (`lunge_000`, ...) that lunge forward, reach forward with both arms, or join
+these with a bow or a kneel (LUNGE_MOTIONS): more ways for the head to come down and the arms to come forward,
+on legs that never bend together as a squat's do.
 Every clip is reproducible from (--seed, kind, index) alone, whatever the clip counts.
 """
 from __future__ import annotations
@@ -38,9 +41,13 @@ TRAIN_MOTIONS = ("still", "walk", "wave", "arms", "turn", "spin", "walk+wave", "
 HELDOUT_MOTIONS = ("squat", "squat+wave", "squat+turn", "squat+arms")
 EXTRA_MOTIONS = ("bow", "bend", "bow+wave", "bow+arms", "bend+wave", "bend+turn", "bow+walk")
 KNEEL_MOTIONS = ("kneel", "kneel+wave", "kneel+arms", "kneel+turn")
-# kind -> (its random stream, split, motions); "extra" and "kneel" clips are training clips from their own streams
+LUNGE_MOTIONS = ("lunge", "lunge+reach", "lunge+bow", "lunge+wave", "lunge+turn", "reach", "reach+walk",
+                 "reach+bow", "kneel+bow", "kneel+reach")
+# kind -> (its random stream, split, motions); "extra", "kneel" and "lunge" clips are training clips from their
+# own streams
 KINDS = {"train": (0, "train", TRAIN_MOTIONS), "heldout": (1, "heldout", HELDOUT_MOTIONS),
-         "extra": (2, "train", EXTRA_MOTIONS), "kneel": (3, "train", KNEEL_MOTIONS)}
+         "extra": (2, "train", EXTRA_MOTIONS), "kneel": (3, "train", KNEEL_MOTIONS),
+         "lunge": (4, "train", LUNGE_MOTIONS)}
 # (low, high) of each phenotype value: adults of all builds; weight is split between train and held-out.
 RANGES = {"gender": (0.0, 1.0), "age": (0.45, 0.9), "muscle": (0.2, 0.8), "height": (0.1, 0.9),
           "proportions": (0.2, 0.8)}
@@ -48,8 +55,8 @@ WEIGHT = {"train": (0.1, HELDOUT_WEIGHT), "heldout": (HELDOUT_WEIGHT, 1.0)}
 
 
 def clip_spec(seed: int, kind: str, index: int) -> dict:
-    """The recipe of one clip of `kind` (train, heldout, extra or kneel): name, split, phenotype, appearance seed,
-    motion and motion seed."""
+    """The recipe of one clip of `kind` (train, heldout, extra, kneel or lunge): name, split, phenotype,
+    appearance seed, motion and motion seed."""
     stream, split, motions = KINDS[kind]
     rng = np.random.default_rng([int(seed), stream, int(index)])
     ranges = dict(RANGES, weight=WEIGHT[split])
@@ -100,9 +107,10 @@ def _write_json(path: Path, data) -> None:
 
 
 def render_video_set(out: str, train: int = 64, heldout: int = 8, width: int = 192, height: int = 256,
-                     frames: int = 24, seed: int = 0, progress=print, extra: int = 0, kneel: int = 0) -> list[dict]:
+                     frames: int = 24, seed: int = 0, progress=print, extra: int = 0, kneel: int = 0,
+                     lunge: int = 0) -> list[dict]:
     """Renders the set into `out` (see the module doc); returns the manifest's clip entries."""
-    counts = {"train": train, "heldout": heldout, "extra": extra, "kneel": kneel}
+    counts = {"train": train, "heldout": heldout, "extra": extra, "kneel": kneel, "lunge": lunge}
     if min(counts.values()) < 0 or not 1 <= frames <= 1000:
         raise MarionetteError(f"Bad set size: {counts}, frames={frames}.",
                               "Use non-negative clip counts and 1..1000 frames.")
@@ -131,13 +139,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--heldout", type=int, default=8)
     parser.add_argument("--extra", type=int, default=0, help="training clips that bow or bend (see the module doc)")
     parser.add_argument("--kneel", type=int, default=0, help="training clips that kneel (see the module doc)")
+    parser.add_argument("--lunge", type=int, default=0, help="training clips that lunge or reach (see the module doc)")
     parser.add_argument("--width", type=int, default=192)
     parser.add_argument("--height", type=int, default=256)
     parser.add_argument("--frames", type=int, default=24)
     parser.add_argument("--seed", type=int, default=0)
     a = parser.parse_args(argv)
     render_video_set(a.out, a.train, a.heldout, a.width, a.height, a.frames, a.seed, extra=a.extra,
-                     kneel=a.kneel)
+                     kneel=a.kneel, lunge=a.lunge)
 
 
 if __name__ == "__main__":
