@@ -75,6 +75,24 @@ def test_edm_loss_is_the_v_prediction_regression():
     assert torch.allclose(ours.double(), expected, rtol=1e-5), (ours, expected)
 
 
+def test_regional_weights_average_the_error_with_those_weights():
+    """--person-weight: each latent element's squared error counts by its weight, divided by the weights'
+    sum (so even weights, at any level, give the plain loss); derived here on numbers drawn apart."""
+    g = torch.Generator().manual_seed(1)
+    x0, eps, prediction = (torch.randn(2, 3, 4, 5, 6, generator=g, dtype=torch.float64) for _ in range(3))
+    sigma = torch.tensor([0.3, 7.0], dtype=torch.float64)
+    regions = 1.0 + 4.0 * torch.rand(2, 3, 1, 5, 6, generator=g, dtype=torch.float64)
+    s = sigma.view(-1, 1, 1, 1, 1)
+    v = (eps - s * x0) / (s ** 2 + 1).sqrt()
+    for i in range(2):
+        w = regions[i].expand(3, 4, 5, 6).numpy()
+        expected = float((w * (prediction[i] - v[i]).square().numpy()).sum() / w.sum())
+        ours = edm_loss(prediction, x0 + s * eps, x0, sigma, regions)[i]
+        assert abs(float(ours) - expected) < 1e-5 * expected
+    plain = edm_loss(prediction, x0 + s * eps, x0, sigma)
+    assert torch.allclose(edm_loss(prediction, x0 + s * eps, x0, sigma, torch.full((1,), 2.5)), plain, rtol=1e-6)
+
+
 def test_noise_levels_are_log_normal_and_per_sample():
     sigmas = torch.stack([noise_and_sigma((1,), sample_generator(k))[1] for k in range(4000)])
     assert abs(sigmas.log().mean() - 0.7) < 0.08 and abs(sigmas.log().std() - 1.6) < 0.08
@@ -466,3 +484,44 @@ def test_stretch_crops_each_window_alike_with_a_box_drawn_from_its_key(tiny_data
     assert torch.equal(spy.seen[0], batch["latents"]) and torch.equal(spy.seen[1], batch["reference"])
     with pytest.raises(MarionetteError, match="below 1"):
         VividPoseTaskConfig(data=data, autoencoder=ae, stretch=0.5)
+
+
+def test_person_weight_weighs_the_loss_by_the_masks_share_of_each_latent_cell(tiny_data):
+    """--person-weight 3: the regions reaching the loss are 3 where a latent cell's pixels are all person, 1
+    where none are, between by the share; cropped with the frames under --stretch; no masks -> a clear error."""
+    from marionette.models.training.engine import collate
+    from marionette.models.training.vividpose_task import VividPoseTaskConfig
+    data, ae = tiny_data
+
+    class Spy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight, self.regions = torch.nn.Parameter(torch.zeros(1)), None
+
+        def forward(self, *args):
+            self.regions = args[-1]
+            return torch.zeros(len(args[0]))
+
+    base = tiny_task(data, ae)
+    base.build()   # the autoencoder, which encodes the stretched frames
+    batch = collate([base.dataset()[i] for i in (0, 1)])
+    masks = batch["mask"]
+    b, f, c, lh, lw = batch["latents"].shape
+    h, w = masks.shape[-2:]
+    assert masks.float().mean() > 10 and (h // lh, w // lw) == (8, 8)
+    spy = Spy()
+    base.loss(spy, batch, [11, 12], drop=False)
+    assert spy.regions is None
+    base.c = VividPoseTaskConfig(**dict(vars(base.c), person_weight=3.0))
+    base.loss(spy, batch, [11, 12], drop=False)
+    share = (masks.float() / 255).view(b, f, lh, 8, lw, 8).mean((3, 5))   # each cell's 8x8 pixels
+    assert spy.regions.shape == (b, f, 1, lh, lw)
+    assert torch.allclose(spy.regions[:, :, 0], 1 + 2 * share, atol=1e-6)
+    assert spy.regions.max() > 2 and spy.regions.min() == 1.0   # cells mostly person, cells of none
+    base.c = VividPoseTaskConfig(**dict(vars(base.c), stretch=1.6))
+    base.loss(spy, batch, [11, 12], drop=False)
+    assert not torch.allclose(spy.regions[:, :, 0], 1 + 2 * share)
+    with pytest.raises(MarionetteError, match="person masks"):
+        base.loss(spy, {k: v for k, v in batch.items() if k != "mask"}, [11, 12], drop=False)
+    with pytest.raises(MarionetteError, match="not positive"):
+        VividPoseTaskConfig(data=data, autoencoder=ae, person_weight=0.0)

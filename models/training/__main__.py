@@ -93,6 +93,9 @@ def _parser() -> argparse.ArgumentParser:
     vp.add_argument("--stretch", type=float, default=1.0,
                     help="> 1: each window also seen cropped and stretched, each side up to this factor (e.g. 1.3): "
                          "body widths, sizes and places the clips do not have")
+    vp.add_argument("--person-weight", type=float, default=1.0,
+                    help="> 1: the loss over the person (the clips' masks) counts this many times the background's "
+                         "(e.g. 3), so the model spends itself on the person rather than remembering rooms")
     _run_arguments(vp, {"steps": 4000, "batch_size": 2, "learning_rate": 3e-4, "ema_decay": 0.999,
                         "warmup_steps": 100, "save_every": 250, "validate_every": 500})
     ev = commands.add_parser("evaluate", help="self-reconstruction metrics of a VividPose checkpoint vs baselines")
@@ -159,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
             task = VividPoseTask(VividPoseTaskConfig(
                 data=args.data, autoencoder=args.autoencoder or "", init=args.init or "", svd=args.svd or "",
                 sd21=args.sd21, frames=args.frames, reference_frames=args.reference_frames,
-                colour_orders=args.colour_orders, stretch=args.stretch,
+                colour_orders=args.colour_orders, stretch=args.stretch, person_weight=args.person_weight,
                 drop_probability=args.drop_probability, identity=args.identity,
                 validation_clip=args.validation_clip))
         result = train(task, settings, command, progress=args.progress)

@@ -48,11 +48,18 @@ def denoiser_inputs(x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor):
     return noisy * c_in.view(shape), noisy, c_noise
 
 
-def edm_loss(v: torch.Tensor, noisy: torch.Tensor, x0: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """Per-sample weighted denoising loss [B] of the network output v (float32 maths)."""
+def edm_loss(v: torch.Tensor, noisy: torch.Tensor, x0: torch.Tensor, sigma: torch.Tensor,
+             regions: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-sample weighted denoising loss [B] of the network output v (float32 maths).
+    `regions` (broadcastable to x0, > 0): a weight per latent element, the squared error averaged with these
+    weights instead of evenly (regional loss amplification, as MimicMotion weights its hands); the mean
+    weight is divided out per sample, so the loss keeps its scale."""
     shape = (-1,) + (1,) * (x0.ndim - 1)
     sigma = sigma.to(x0.device, torch.float32)
     c_skip, c_out, _, _ = edm_scalings(sigma)
     denoised = c_skip.view(shape) * noisy + c_out.view(shape) * v.float()
-    error = (denoised - x0).square().flatten(1).mean(1)
-    return loss_weight(sigma) * error
+    squared = (denoised - x0).square()
+    if regions is None:
+        return loss_weight(sigma) * squared.flatten(1).mean(1)
+    regions = regions.to(x0.device, torch.float32).expand_as(squared)
+    return loss_weight(sigma) * (regions * squared).flatten(1).sum(1) / regions.flatten(1).sum(1)

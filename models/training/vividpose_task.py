@@ -24,6 +24,7 @@ import os
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..errors import MarionetteError
@@ -63,7 +64,7 @@ SMALL_POSE, FULL_POSE = ((16, 32, 64, 128), 4), ((16, 32, 96, 256), 8)  # (chann
 SD21_LATENT_SCALE = 0.18215  # what SD2.1 (the full-size ReferenceNet's init) was trained on
 # left out of a run's saved config at these values: runs saved before (small ones, older options) resume
 LEFT_OUT = {"autoencoder": "", "svd": "", "sd21": "", "init": "", "reference_frames": (0,), "colour_orders": 1,
-            "stretch": 1.0}
+            "stretch": 1.0, "person_weight": 1.0}
 
 
 @dataclass
@@ -90,6 +91,7 @@ class VividPoseTaskConfig:
     reference_frames: tuple = (0,)             # the frames of a clip used as the reference image
     colour_orders: int = 1                     # RGB channel orders each window is also seen in (1..6)
     stretch: float = 1.0                       # > 1: each window cropped and stretched up to this (`augment`)
+    person_weight: float = 1.0                 # the loss over the person (cached masks) counts this many times
     svd: str = ""                              # full size: the stable-video-diffusion-img2vid-xt folder
     sd21: str = ""                             # full size: SD2.1's UNet file for the ReferenceNet's init
 
@@ -101,6 +103,9 @@ class VividPoseTaskConfig:
                                   "vividpose.safetensors, or --svd stable-video-diffusion-img2vid-xt [--sd21 FILE].")
         self.reference_frames = tuple(int(r) for r in self.reference_frames)
         check_stretch(self.stretch)
+        if not self.person_weight > 0:
+            raise MarionetteError(f"person_weight {self.person_weight} is not positive.",
+                                  "Use 1 (the loss even over the frame) or more, e.g. 3.")
         if self.sd21 and not self.svd:
             raise MarionetteError("--sd21 initialises the full-size ReferenceNet; the small model has none of "
                                   "SD2.1's size.", "Pass --svd FOLDER with it, or leave --sd21 out.")
@@ -133,8 +138,10 @@ class VividPoseTrainer(nn.Module):
         """uint8/float IMAGE [N, H, W, 3] (float in [-1, 1] after augmentation allowed) -> raw latents."""
         return self.vae.encode(images).latent_dist.mode()
 
-    def forward(self, latents, reference, render, skeleton, noise, sigma, ref_noise, drop: bool, face=None):
-        """latents [B, F, C, h, w]: the frames' raw VAE latents (`LatentWindows`); images uint8."""
+    def forward(self, latents, reference, render, skeleton, noise, sigma, ref_noise, drop: bool, face=None,
+                regions=None):
+        """latents [B, F, C, h, w]: the frames' raw VAE latents (`LatentWindows`); images uint8; regions: the
+        loss's weights per latent cell [B, F, 1, h, w] (`person_regions`), None for an even loss."""
         batch, count = latents.shape[:2]
         x0 = latents.float() * self.scaling
         ref = signed_pixels(reference)
@@ -160,7 +167,7 @@ class VividPoseTrainer(nn.Module):
                                 device=x0.device).expand(batch, -1)
         sample = torch.cat([scaled, cond_latent.to(scaled.dtype)], dim=2)
         v = model(sample, c_noise, context, time_ids, pose_features=pose)[0]
-        return edm_loss(v, noisy, x0, sigma)
+        return edm_loss(v, noisy, x0, sigma, regions)
 
 
 def _vae_note(vae: nn.Module) -> str:
@@ -306,9 +313,16 @@ class VividPoseTask:
             raise MarionetteError("identity=True needs face embeddings in the dataset.",
                                   "Prepare the dataset with --face-root (insightface antelopev2), or train with "
                                   "identity off.")
+        regions = None
+        if self.c.person_weight != 1.0:
+            if "mask" not in batch:
+                raise MarionetteError("person_weight needs the clips' person masks, and this dataset has none.",
+                                      "Put <video>.mask.npz beside each video and prepare again, or train with "
+                                      "person_weight 1.")
+            regions = person_regions(batch["mask"], (lh, lw), self.c.person_weight).to(device)
         return module(latents, batch["reference"].to(device), batch["render"].to(device),
                       batch["skeleton"].to(device), torch.stack(noise).to(device), torch.stack(sigma),
-                      torch.stack(ref_noise).to(device), drop, None if face is None else face.to(device))
+                      torch.stack(ref_noise).to(device), drop, None if face is None else face.to(device), regions)
 
     def scope(self, plain: VividPoseTrainer):
         return plain.model.reference_attention(None)
@@ -337,12 +351,22 @@ def encode_frames(vae: nn.Module, frames: torch.Tensor, chunk: int = 16) -> torc
                           for i in range(0, len(frames), chunk)])
 
 
+def person_regions(masks: torch.Tensor, size: tuple[int, int], weight: float) -> torch.Tensor:
+    """uint8 person masks [B, F, H, W] (0/255) -> the loss's weight per latent cell [B, F, 1, h, w]: 1 over
+    the background, `weight` over the person, between them by the share of the cell's pixels it covers."""
+    b, f = masks.shape[:2]
+    share = F.interpolate(masks.flatten(0, 1).unsqueeze(1).float() / 255.0, size=size, mode="area")
+    return (1.0 + (float(weight) - 1.0) * share).view(b, f, 1, *size)
+
+
 def stretched(batch: dict, boxes: list) -> dict:
-    """The batch's images (frames, reference, renders, skeletons), sample i cropped to boxes[i] and resized
-    back (`augment.crop_and_resize`)."""
+    """The batch's images (frames, reference, renders, skeletons, masks), sample i cropped to boxes[i] and
+    resized back (`augment.crop_and_resize`)."""
     out = dict(batch)
     for key in ("frames", "reference", "render", "skeleton"):
         out[key] = torch.stack([crop_and_resize(x, box) for x, box in zip(batch[key], boxes)])
+    if "mask" in batch:
+        out["mask"] = torch.stack([crop_and_resize(m.unsqueeze(-1), box)[..., 0] for m, box in zip(batch["mask"], boxes)])
     return out
 
 
