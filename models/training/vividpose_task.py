@@ -366,7 +366,8 @@ def stretched(batch: dict, boxes: list) -> dict:
     for key in ("frames", "reference", "render", "skeleton"):
         out[key] = torch.stack([crop_and_resize(x, box) for x, box in zip(batch[key], boxes)])
     if "mask" in batch:
-        out["mask"] = torch.stack([crop_and_resize(m.unsqueeze(-1), box)[..., 0] for m, box in zip(batch["mask"], boxes)])
+        out["mask"] = torch.stack([crop_and_resize(m.unsqueeze(-1), box)[..., 0]
+                                   for m, box in zip(batch["mask"], boxes)])
     return out
 
 
